@@ -1,0 +1,108 @@
+"""Detection metrics: AUROC, average precision, TPR at a fixed FPR, and FPR-calibrated thresholds.
+
+Conventions everywhere: labels are 0 (normal) / 1 (anomaly), a higher score means more anomalous, and a
+sample is flagged as an anomaly when ``score > threshold``. Inputs may be numpy arrays, torch tensors or
+sequences; all are 1-D ``(N,)``. Errors a diverged model or a bad split can cause are DataError (never a
+scikit-learn ValueError), so a sweep records them as a failed trial with a readable reason.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from deepsad.errors import ConfigError, DataError
+
+
+def _as_1d(x: Any, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    arr = np.asarray(x)
+    if arr.ndim != 1:
+        raise DataError(f"{name} must be 1-D (N,), got shape {arr.shape}")
+    return arr
+
+
+def _scores(scores: Any, name: str = "scores") -> np.ndarray:
+    s = _as_1d(scores, name)
+    if s.dtype.kind not in "biuf":
+        raise DataError(f"{name} must be numeric, got dtype {s.dtype}")
+    s = s.astype(np.float64, copy=False)
+    if np.isnan(s).any():
+        raise DataError(f"{name} contain NaN: the model diverged ({int(np.isnan(s).sum())} of {s.size})")
+    if np.isinf(s).any():
+        raise DataError(f"{name} contain inf: the model diverged ({int(np.isinf(s).sum())} of {s.size})")
+    return s
+
+
+def _labels_and_scores(labels: Any, scores: Any, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    y = _as_1d(labels, "labels")
+    s = _scores(scores)
+    if y.shape != s.shape:
+        raise DataError(f"{metric}: {y.shape[0]} labels but {s.shape[0]} scores")
+    if y.size and not np.isin(y, (0, 1)).all():
+        bad = np.unique(y[~np.isin(y, (0, 1))])[:5]
+        raise DataError(f"{metric}: labels must be 0 (normal) or 1 (anomaly), got {bad.tolist()}")
+    y = y.astype(np.int64)
+    n_anomalous = int(y.sum())
+    if n_anomalous == 0 or n_anomalous == y.size:
+        present = "no samples" if y.size == 0 else f"only label {int(y[0])} ({y.size} samples)"
+        raise DataError(f"{metric} needs both normal (0) and anomalous (1) samples; got {present}")
+    return y, s
+
+
+def auroc(labels: Any, scores: Any) -> float:
+    """Area under the ROC curve. ``labels``, ``scores``: ``(N,)``.
+
+    Raises DataError if only one class is present, lengths differ, labels are not 0/1, or scores contain
+    NaN/inf.
+    """
+    y, s = _labels_and_scores(labels, scores, "AUROC")
+    return float(roc_auc_score(y, s))
+
+
+def average_precision(labels: Any, scores: Any) -> float:
+    """Average precision (area under the precision-recall curve, anomalies as positives). Same errors as
+    :func:`auroc`."""
+    y, s = _labels_and_scores(labels, scores, "average precision")
+    return float(average_precision_score(y, s))
+
+
+def _check_fpr(fpr: float) -> float:
+    if isinstance(fpr, bool) or not isinstance(fpr, int | float) or not 0.0 <= fpr < 1.0:
+        raise ConfigError(f"fpr must be in [0, 1), got {fpr!r}")
+    return float(fpr)
+
+
+def threshold_at_fpr(normal_scores: Any, fpr: float) -> float:
+    """The lowest threshold ``t`` (among the given scores) with ``mean(normal_scores > t) <= fpr``.
+
+    ``normal_scores``: ``(N,)`` scores of normal validation samples. With ``m = floor(fpr * N)`` allowed
+    false positives this is the ``(m+1)``-th largest normal score, so at most ``m`` normal scores lie
+    strictly above it (ties at ``t`` are not flagged). ``fpr=0`` gives ``max(normal_scores)``.
+
+    Raises ConfigError if ``fpr`` is outside ``[0, 1)``, DataError if ``normal_scores`` is empty or holds
+    NaN/inf.
+    """
+    fpr = _check_fpr(fpr)
+    s = _scores(normal_scores, "normal scores")
+    if s.size == 0:
+        raise DataError("threshold_at_fpr: no normal scores given")
+    # The epsilon keeps e.g. 0.29 * 100 = 28.999999999999996 from losing one allowed false positive.
+    m = min(math.floor(fpr * s.size + 1e-9), s.size - 1)
+    return float(np.sort(s)[::-1][m])
+
+
+def tpr_at_fpr(labels: Any, scores: Any, fpr: float) -> float:
+    """True-positive rate at the threshold :func:`threshold_at_fpr` picks on the normal samples' scores.
+
+    ``labels``, ``scores``: ``(N,)``. Same errors as :func:`auroc` and :func:`threshold_at_fpr`.
+    """
+    fpr = _check_fpr(fpr)
+    y, s = _labels_and_scores(labels, scores, "TPR at FPR")
+    t = threshold_at_fpr(s[y == 0], fpr)
+    return float(np.mean(s[y == 1] > t))

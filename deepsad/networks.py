@@ -1,0 +1,352 @@
+"""The paper's networks and their mirrored autoencoders, exactly as in the reference code.
+
+Every layer is bias-free, BatchNorm is ``affine=False, eps=1e-4`` and activations are leaky ReLU
+(slope 0.01), as in Deep-SAD-PyTorch. Layer names match the reference so state dicts are comparable.
+``rep_dim`` is a constructor parameter because it is a search axis.
+
+Registry names: ``mnist_lenet`` (rep 32), ``fmnist_lenet`` (rep 64), ``cifar10_lenet`` (rep 128),
+``mlp`` (ODDS and other tabular sets; hidden sizes per data set, see :data:`TABULAR_MLP`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepsad.errors import ConfigError
+
+_BN_EPS = 1e-4
+
+
+def _bn2d(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=_BN_EPS, affine=False)
+
+
+def _bn1d(c: int) -> nn.BatchNorm1d:
+    return nn.BatchNorm1d(c, eps=_BN_EPS, affine=False)
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2)
+
+
+# --------------------------------------------------------------------------- MNIST
+
+
+class MnistLeNet(nn.Module):
+    """MNIST LeNet encoder: x (B, 1, 28, 28) -> z (B, rep_dim)."""
+
+    def __init__(self, rep_dim: int = 32) -> None:
+        super().__init__()
+        self.rep_dim = rep_dim
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv1 = nn.Conv2d(1, 8, 5, bias=False, padding=2)
+        self.bn1 = _bn2d(8)
+        self.conv2 = nn.Conv2d(8, 4, 5, bias=False, padding=2)
+        self.bn2 = _bn2d(4)
+        self.fc1 = nn.Linear(4 * 7 * 7, rep_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(-1, 1, 28, 28)
+        x = self.pool(F.leaky_relu(self.bn1(self.conv1(x))))
+        x = self.pool(F.leaky_relu(self.bn2(self.conv2(x))))
+        return self.fc1(x.flatten(1))
+
+
+class MnistLeNetDecoder(nn.Module):
+    """Mirror of :class:`MnistLeNet`: z (B, rep_dim) -> x̂ (B, 1, 28, 28) in (0, 1)."""
+
+    def __init__(self, rep_dim: int = 32) -> None:
+        super().__init__()
+        self.rep_dim = rep_dim
+        self.deconv1 = nn.ConvTranspose2d(rep_dim // 16, 4, 5, bias=False, padding=2)
+        self.bn3 = _bn2d(4)
+        self.deconv2 = nn.ConvTranspose2d(4, 8, 5, bias=False, padding=3)
+        self.bn4 = _bn2d(8)
+        self.deconv3 = nn.ConvTranspose2d(8, 1, 5, bias=False, padding=2)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = z.view(z.size(0), self.rep_dim // 16, 4, 4)
+        x = self.deconv1(_up(F.leaky_relu(x)))
+        x = self.deconv2(_up(F.leaky_relu(self.bn3(x))))
+        x = self.deconv3(_up(F.leaky_relu(self.bn4(x))))
+        return torch.sigmoid(x)
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+
+class FmnistLeNet(nn.Module):
+    """Fashion-MNIST LeNet encoder: x (B, 1, 28, 28) -> z (B, rep_dim)."""
+
+    def __init__(self, rep_dim: int = 64) -> None:
+        super().__init__()
+        self.rep_dim = rep_dim
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv1 = nn.Conv2d(1, 16, 5, bias=False, padding=2)
+        self.bn2d1 = _bn2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 5, bias=False, padding=2)
+        self.bn2d2 = _bn2d(32)
+        self.fc1 = nn.Linear(32 * 7 * 7, 128, bias=False)
+        self.bn1d1 = _bn1d(128)
+        self.fc2 = nn.Linear(128, rep_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(-1, 1, 28, 28)
+        x = self.pool(F.leaky_relu(self.bn2d1(self.conv1(x))))
+        x = self.pool(F.leaky_relu(self.bn2d2(self.conv2(x))))
+        x = F.leaky_relu(self.bn1d1(self.fc1(x.flatten(1))))
+        return self.fc2(x)
+
+
+class FmnistLeNetDecoder(nn.Module):
+    """Mirror of :class:`FmnistLeNet`: z (B, rep_dim) -> x̂ (B, 1, 28, 28) in (0, 1)."""
+
+    def __init__(self, rep_dim: int = 64) -> None:
+        super().__init__()
+        self.rep_dim = rep_dim
+        self.fc3 = nn.Linear(rep_dim, 128, bias=False)
+        self.bn1d2 = _bn1d(128)
+        self.deconv1 = nn.ConvTranspose2d(8, 32, 5, bias=False, padding=2)
+        self.bn2d3 = _bn2d(32)
+        self.deconv2 = nn.ConvTranspose2d(32, 16, 5, bias=False, padding=3)
+        self.bn2d4 = _bn2d(16)
+        self.deconv3 = nn.ConvTranspose2d(16, 1, 5, bias=False, padding=2)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.bn1d2(self.fc3(z))
+        x = x.view(x.size(0), 8, 4, 4)
+        x = self.deconv1(_up(F.leaky_relu(x)))
+        x = self.deconv2(_up(F.leaky_relu(self.bn2d3(x))))
+        x = self.deconv3(_up(F.leaky_relu(self.bn2d4(x))))
+        return torch.sigmoid(x)
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+
+class Cifar10LeNet(nn.Module):
+    """CIFAR-10 LeNet encoder: x (B, 3, 32, 32) -> z (B, rep_dim)."""
+
+    def __init__(self, rep_dim: int = 128) -> None:
+        super().__init__()
+        self.rep_dim = rep_dim
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv1 = nn.Conv2d(3, 32, 5, bias=False, padding=2)
+        self.bn2d1 = _bn2d(32)
+        self.conv2 = nn.Conv2d(32, 64, 5, bias=False, padding=2)
+        self.bn2d2 = _bn2d(64)
+        self.conv3 = nn.Conv2d(64, 128, 5, bias=False, padding=2)
+        self.bn2d3 = _bn2d(128)
+        self.fc1 = nn.Linear(128 * 4 * 4, rep_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(-1, 3, 32, 32)
+        x = self.pool(F.leaky_relu(self.bn2d1(self.conv1(x))))
+        x = self.pool(F.leaky_relu(self.bn2d2(self.conv2(x))))
+        x = self.pool(F.leaky_relu(self.bn2d3(self.conv3(x))))
+        return self.fc1(x.flatten(1))
+
+
+class Cifar10LeNetDecoder(nn.Module):
+    """Mirror of :class:`Cifar10LeNet`: z (B, rep_dim) -> x̂ (B, 3, 32, 32) in (0, 1)."""
+
+    def __init__(self, rep_dim: int = 128) -> None:
+        super().__init__()
+        self.rep_dim = rep_dim
+        gain = nn.init.calculate_gain("leaky_relu")
+        self.deconv1 = nn.ConvTranspose2d(rep_dim // 16, 128, 5, bias=False, padding=2)
+        self.bn2d4 = _bn2d(128)
+        self.deconv2 = nn.ConvTranspose2d(128, 64, 5, bias=False, padding=2)
+        self.bn2d5 = _bn2d(64)
+        self.deconv3 = nn.ConvTranspose2d(64, 32, 5, bias=False, padding=2)
+        self.bn2d6 = _bn2d(32)
+        self.deconv4 = nn.ConvTranspose2d(32, 3, 5, bias=False, padding=2)
+        for m in (self.deconv1, self.deconv2, self.deconv3, self.deconv4):
+            nn.init.xavier_uniform_(m.weight, gain=gain)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = z.view(z.size(0), self.rep_dim // 16, 4, 4)
+        x = self.deconv1(F.leaky_relu(x))
+        x = self.deconv2(_up(F.leaky_relu(self.bn2d4(x))))
+        x = self.deconv3(_up(F.leaky_relu(self.bn2d5(x))))
+        x = self.deconv4(_up(F.leaky_relu(self.bn2d6(x))))
+        return torch.sigmoid(x)
+
+
+# --------------------------------------------------------------------------- MLP (tabular)
+
+
+class LinearBNLeakyReLU(nn.Module):
+    """Linear -> BatchNorm1d -> leaky ReLU, bias-free (reference ``Linear_BN_leakyReLU``)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=False)
+        self.bn = _bn1d(out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.bn(self.linear(x)))
+
+
+class Mlp(nn.Module):
+    """MLP encoder: x (B, x_dim) -> z (B, rep_dim)."""
+
+    def __init__(self, x_dim: int, h_dims: tuple[int, ...] = (128, 64), rep_dim: int = 32) -> None:
+        super().__init__()
+        self.rep_dim = rep_dim
+        neurons = [x_dim, *h_dims]
+        self.hidden = nn.ModuleList(LinearBNLeakyReLU(a, b) for a, b in itertools.pairwise(neurons))
+        self.code = nn.Linear(h_dims[-1], rep_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(x.size(0), -1)
+        for layer in self.hidden:
+            x = layer(x)
+        return self.code(x)
+
+
+class MlpDecoder(nn.Module):
+    """Mirror of :class:`Mlp`: z (B, rep_dim) -> x̂ (B, x_dim) in (0, 1)."""
+
+    def __init__(self, x_dim: int, h_dims: tuple[int, ...] = (64, 128), rep_dim: int = 32) -> None:
+        super().__init__()
+        self.rep_dim = rep_dim
+        neurons = [rep_dim, *h_dims]
+        self.hidden = nn.ModuleList(LinearBNLeakyReLU(a, b) for a, b in itertools.pairwise(neurons))
+        self.reconstruction = nn.Linear(h_dims[-1], x_dim, bias=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = z.view(z.size(0), -1)
+        for layer in self.hidden:
+            x = layer(x)
+        return torch.sigmoid(self.reconstruction(x))
+
+
+class Autoencoder(nn.Module):
+    """Encoder + decoder; ``encoder`` has the same architecture as the Deep SAD network."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x)).view_as(x)
+
+
+# --------------------------------------------------------------------------- configuration + registry
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Which network to build.
+
+    Attributes:
+        name: registry key (``mnist_lenet``, ``fmnist_lenet``, ``cifar10_lenet``, ``mlp``).
+        rep_dim: latent dimension (a search axis). The MNIST and CIFAR-10 decoders reshape z to
+            (rep_dim/16, 4, 4), so those need a multiple of 16.
+        input_shape: shape of one sample, ``(C, H, W)`` or ``(D,)``.
+        h_dims: hidden sizes of the MLP encoder (the decoder mirrors them); unused by LeNets.
+    """
+
+    name: str
+    rep_dim: int
+    input_shape: tuple[int, ...]
+    h_dims: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.name not in _BUILDERS:
+            raise ConfigError(f"net: unknown network {self.name!r} (known: {', '.join(sorted(_BUILDERS))})")
+        if self.rep_dim < 1:
+            raise ConfigError(f"rep_dim: must be >= 1 (got {self.rep_dim})")
+        expected = _INPUT_SHAPES.get(self.name)
+        if expected is not None and tuple(self.input_shape) != expected:
+            raise ConfigError(f"net {self.name}: needs inputs of shape {expected}, got {tuple(self.input_shape)}")
+        if self.name in ("mnist_lenet", "cifar10_lenet") and self.rep_dim % 16 != 0:
+            # the decoder reshapes z to (rep_dim / 16, 4, 4)
+            raise ConfigError(f"rep_dim: {self.name} needs a multiple of 16 (got {self.rep_dim})")
+        if self.name == "mlp":
+            if len(self.input_shape) != 1:
+                raise ConfigError(f"net mlp: needs flat inputs (D,), got {tuple(self.input_shape)}")
+            if not self.h_dims or min(self.h_dims) < 1:
+                raise ConfigError(f"net mlp: h_dims must be non-empty positive sizes (got {self.h_dims})")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "rep_dim": self.rep_dim, "input_shape": list(self.input_shape),
+                "h_dims": list(self.h_dims)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> NetConfig:
+        return cls(
+            name=str(d["name"]),
+            rep_dim=int(d["rep_dim"]),  # type: ignore[call-overload]
+            input_shape=tuple(int(v) for v in d["input_shape"]),  # type: ignore[attr-defined]
+            h_dims=tuple(int(v) for v in d.get("h_dims", ())),  # type: ignore[attr-defined]
+        )
+
+
+_Builder = Callable[[NetConfig], tuple[nn.Module, nn.Module]]
+
+_BUILDERS: dict[str, _Builder] = {
+    "mnist_lenet": lambda c: (MnistLeNet(c.rep_dim), MnistLeNetDecoder(c.rep_dim)),
+    "fmnist_lenet": lambda c: (FmnistLeNet(c.rep_dim), FmnistLeNetDecoder(c.rep_dim)),
+    "cifar10_lenet": lambda c: (Cifar10LeNet(c.rep_dim), Cifar10LeNetDecoder(c.rep_dim)),
+    "mlp": lambda c: (
+        Mlp(c.input_shape[0], c.h_dims, c.rep_dim),
+        MlpDecoder(c.input_shape[0], tuple(reversed(c.h_dims)), c.rep_dim),
+    ),
+}
+
+_INPUT_SHAPES: dict[str, tuple[int, ...]] = {
+    "mnist_lenet": (1, 28, 28),
+    "fmnist_lenet": (1, 28, 28),
+    "cifar10_lenet": (3, 32, 32),
+}
+
+#: The reference's per-data-set networks: data set -> (network, rep_dim, MLP hidden sizes).
+DEFAULT_NETS: dict[str, tuple[str, int, tuple[int, ...]]] = {
+    "mnist": ("mnist_lenet", 32, ()),
+    "fmnist": ("fmnist_lenet", 64, ()),
+    "cifar10": ("cifar10_lenet", 128, ()),
+    "arrhythmia": ("mlp", 32, (128, 64)),
+    "cardio": ("mlp", 8, (32, 16)),
+    "satellite": ("mlp", 8, (32, 16)),
+    "satimage-2": ("mlp", 8, (32, 16)),
+    "shuttle": ("mlp", 8, (32, 16)),
+    "thyroid": ("mlp", 4, (32, 16)),
+}
+
+
+def default_net_config(dataset: str, input_shape: tuple[int, ...], rep_dim: int | None = None) -> NetConfig:
+    """The reference network for ``dataset``; unknown tabular sets get an MLP (32, 16) -> 8.
+
+    Raises:
+        ConfigError: an image shape with no matching network.
+    """
+    if dataset in DEFAULT_NETS:
+        name, rep, h = DEFAULT_NETS[dataset]
+    elif len(input_shape) == 1:
+        name, rep, h = "mlp", 8, (32, 16)
+    else:
+        by_shape = {v: k for k, v in _INPUT_SHAPES.items() if k != "fmnist_lenet"}
+        if tuple(input_shape) not in by_shape:
+            raise ConfigError(f"{dataset}: no network for image shape {tuple(input_shape)}")
+        name, rep, h = by_shape[tuple(input_shape)], 32, ()
+    return NetConfig(name=name, rep_dim=rep if rep_dim is None else rep_dim, input_shape=tuple(input_shape), h_dims=h)
+
+
+def build_encoder(cfg: NetConfig) -> nn.Module:
+    """The Deep SAD network φ(·; W) for ``cfg`` (freshly initialised from torch's global RNG)."""
+    return _BUILDERS[cfg.name](cfg)[0]
+
+
+def build_autoencoder(cfg: NetConfig) -> Autoencoder:
+    """The autoencoder whose ``encoder`` has the architecture of :func:`build_encoder`."""
+    enc, dec = _BUILDERS[cfg.name](cfg)
+    return Autoencoder(enc, dec)

@@ -1,0 +1,35 @@
+"""Shared fixtures: where the real data lives, and small real data sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path:
+    env = os.environ.get("DEEPSAD_SHARED_DATA")
+    return Path(env) if env else (REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data`: real MNIST, Fashion-MNIST (IDX .gz) and the raw UCI files."""
+    path = _shared_data()
+    if not (path / "mnist").is_dir():
+        pytest.fail(f"real data not found at {path} (set DEEPSAD_SHARED_DATA)")
+    return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
