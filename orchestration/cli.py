@@ -1,7 +1,7 @@
 """The ``deepsad`` command line: a typer app whose commands are thin (parse → validate → call).
 
 Heavy imports (torch, ray) happen inside the commands so that ``deepsad --help`` is instant.
-A user error (:class:`deepsad.errors.DeepSADError`) prints one line and exits 2;
+A user error (:class:`deepsad.errors.DeepSADError`) prints one line per problem and exits 2;
 ``DEEPSAD_DEBUG=1`` shows the traceback instead.
 """
 
@@ -15,6 +15,7 @@ import typer
 
 from deepsad.errors import DeepSADError
 from orchestration.commands import data as data_commands
+from orchestration.commands import sweep as sweep_commands
 from orchestration.commands import train as train_commands
 
 app = typer.Typer(
@@ -25,6 +26,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_commands.app, name="data")
+app.add_typer(sweep_commands.app, name="sweep")
+app.add_typer(sweep_commands.results_app, name="results")
 train_commands.register(app)
 
 
@@ -35,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     except DeepSADError as e:
         if os.environ.get("DEEPSAD_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [type(e).__name__]:
+            print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     except click.exceptions.Abort:
         print("aborted", file=sys.stderr)

@@ -153,3 +153,36 @@ def test_bad_training_configs() -> None:
         OptimConfig(lr=-1)
     with pytest.raises(ConfigError, match="milestones"):
         OptimConfig(milestones=(50, 10))
+
+
+@pytest.fixture(scope="module")
+def mnist_small(shared_data: Path) -> SemiSupervisedSplit:
+    from deepsad.data.dataset import Dataset
+
+    full = load_dataset("mnist", shared_data)
+    assert full.x_test is not None and full.y_test is not None
+    small = Dataset("mnist", "image", full.x_train[:1500], full.y_train[:1500], full.x_test[:400],
+                    full.y_test[:400], source="test slice")
+    return make_split(small, Protocol(normal_classes=(0,), known_anomaly_classes=(1,), n_labeled_anomalies=5,
+                                      ratio_pollution=0.1, seed=0))
+
+
+def test_lenet_resume_equals_uninterrupted(mnist_small: SemiSupervisedSplit, tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        net=default_net_config("mnist", (1, 28, 28)),
+        sad=OptimConfig(lr=1e-3, epochs=2, milestones=(1,), batch_size=32),
+        ae=OptimConfig(lr=1e-3, epochs=2, milestones=(1,), batch_size=32),
+        seed=0,
+    )
+    full = train(mnist_small, cfg)
+
+    def stop(report: EpochReport, state_fn: object) -> None:
+        if (report.phase, report.epoch) == ("sad", 1):
+            state_fn().save(tmp_path / "s")  # type: ignore[operator]
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(mnist_small, cfg, on_epoch=stop)
+    resumed = train(mnist_small, cfg, resume=TrainState.load(tmp_path / "s"))
+    assert_same_model(resumed.model, full.model, atol=1e-6)
+    assert full.test_auroc > 0.6

@@ -1,0 +1,722 @@
+"""The trials of a sweep: their configurations and keys, the cells of grid and random search, the
+checks that run before any trial starts, and the summary ``--dry-run`` prints.
+
+A *trial* is one hyperparameter configuration × one seed (the seed seeds both the split and the
+training). Its :attr:`TrialConfig.key` names it everywhere (result rows, checkpoints, resubmits), so
+it hashes exactly what changes the result: the data set, the protocol and the training config — not
+the device, the data directory, the storage or the sweep's name.
+
+Core modules (torch, scikit-learn) are imported inside the functions, so that importing this module
+stays cheap for the command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from deepsad.errors import ConfigError, DataError
+from orchestration.spec import (
+    AE_KEYS,
+    DEFAULT_STORAGE,
+    REGISTRY_SAMPLE_SHAPES,
+    SPACE_KEYS,
+    Choice,
+    IntUniform,
+    LogUniform,
+    Problem,
+    SweepSpec,
+    Uniform,
+    is_data_file,
+    net_fields,
+    net_problem,
+    problems_error,
+    protocol_problems,
+)
+
+if TYPE_CHECKING:
+    from deepsad.data.dataset import Dataset
+    from deepsad.data.splits import Protocol
+    from deepsad.training import OptimConfig, TrainConfig
+
+# Bump when the meaning of a key's inputs changes (old results then stop matching new trials).
+TRIAL_KEY_VERSION = "deepsad-trial-v1"
+AE_KEY_VERSION = "deepsad-ae-v1"
+
+DeviceRequest = Literal["auto", "cpu", "cuda"]
+Params = dict[str, float | int]
+
+
+def _digest(obj: Any) -> str:
+    """sha256 (first 16 hex chars) of canonical JSON: sorted keys, no whitespace, no NaN."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial runs with; what the Tune trainable receives (as :meth:`to_dict`).
+
+    Attributes:
+        dataset: registry name, or the absolute path of a ``.npz``/``.csv`` file.
+        data_dir: absolute data directory, or None.
+        protocol: the semi-supervised setting, with ``seed`` = the trial's seed.
+        train: the training config, with ``seed`` = the trial's seed and ``device="cpu"`` as a
+            placeholder: the trainable resolves :attr:`device_request` on the machine it runs on.
+        params: the searched values of this trial (``eta``, ``rep_dim``, ...), for display.
+        seed: the trial's seed.
+        device_request: ``auto`` (cuda when the trial has a GPU), ``cpu`` or ``cuda``.
+
+    Raises:
+        ConfigError: the seeds disagree, an unknown searched key, a relative data directory.
+    """
+
+    dataset: str
+    data_dir: str | None
+    protocol: Protocol
+    train: TrainConfig
+    params: Params = field(default_factory=dict, hash=False)
+    seed: int = 0
+    device_request: DeviceRequest = "auto"
+
+    def __post_init__(self) -> None:
+        if self.protocol.seed != self.seed or self.train.seed != self.seed:
+            raise ConfigError(
+                f"trial: protocol seed {self.protocol.seed} and train seed {self.train.seed} must equal "
+                f"the trial seed {self.seed}"
+            )
+        unknown = sorted(set(self.params) - set(SPACE_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"trial: unknown searched parameter {unknown[0]!r} (known: {', '.join(SPACE_KEYS)})"
+            )
+        if self.device_request not in ("auto", "cpu", "cuda"):
+            raise ConfigError(
+                f"trial: device_request must be auto, cpu or cuda (got {self.device_request!r})"
+            )
+        if self.data_dir is not None and not os.path.isabs(self.data_dir):
+            raise ConfigError(f"trial: data_dir must be absolute (got {self.data_dir!r})")
+        object.__setattr__(self, "params", dict(self.params))
+
+    def _identity(self) -> dict[str, Any]:
+        train = self.train.to_dict()
+        del train["device"]  # the device changes where a trial runs, not what it computes
+        return {"dataset": self.dataset, "protocol": _plain(asdict(self.protocol)), "train": train}
+
+    @property
+    def key(self) -> str:
+        """The trial key: 16 hex chars of sha256 over the data set, protocol and training config."""
+        return _digest({"version": TRIAL_KEY_VERSION, **self._identity()})
+
+    @property
+    def ae_key(self) -> str | None:
+        """What the pretrained autoencoder depends on, apart from the data bytes (the trainable adds
+        the split fingerprint): data set, protocol, network, AE optimiser, seed, bf16. None without
+        pretraining."""
+        ae = self.train.ae
+        if ae is None:
+            return None
+        return _digest(
+            {
+                "version": AE_KEY_VERSION,
+                "dataset": self.dataset,
+                "protocol": _plain(asdict(self.protocol)),
+                "net": self.train.net.to_dict(),
+                "ae": _plain(asdict(ae)),
+                "seed": self.train.seed,
+                "bf16": self.train.bf16,
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values; :meth:`from_dict` rebuilds an equal config."""
+        return {
+            "dataset": self.dataset,
+            "data_dir": self.data_dir,
+            "protocol": _plain(asdict(self.protocol)),
+            "train": self.train.to_dict(),
+            "params": dict(self.params),
+            "seed": self.seed,
+            "device_request": self.device_request,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrialConfig:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ConfigError: a missing or malformed entry.
+        """
+        from deepsad.data.splits import Protocol
+        from deepsad.networks import NetConfig
+        from deepsad.training import TrainConfig
+
+        try:
+            p = dict(d["protocol"])
+            for name in ("normal_classes", "known_anomaly_classes"):
+                p[name] = None if p[name] is None else tuple(p[name])
+            t = d["train"]
+            train = TrainConfig(
+                net=NetConfig.from_dict(t["net"]),
+                eta=float(t["eta"]),
+                sad=_optim(t["sad"]),
+                ae=None if t["ae"] is None else _optim(t["ae"]),
+                seed=int(t["seed"]),
+                device=str(t["device"]),
+                bf16=bool(t["bf16"]),
+                reference_compat=bool(t["reference_compat"]),
+            )
+            return cls(
+                dataset=str(d["dataset"]),
+                data_dir=d["data_dir"],
+                protocol=Protocol(**p),
+                train=train,
+                params=dict(d["params"]),
+                seed=int(d["seed"]),
+                device_request=d["device_request"],
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"trial config: malformed ({type(e).__name__}: {e})") from e
+
+    def columns(self) -> dict[str, object]:
+        """Flat typed values for the result store (lists for classes and milestones; AE columns are
+        None without pretraining)."""
+        p, t, ae = self.protocol, self.train, self.train.ae
+        return {
+            "dataset": self.dataset,
+            "normal_classes": list(p.normal_classes),
+            "known_anomaly_classes": None
+            if p.known_anomaly_classes is None
+            else list(p.known_anomaly_classes),
+            "n_known_outlier_classes": p.n_known_outlier_classes,
+            "n_labeled_anomalies": p.n_labeled_anomalies,
+            "ratio_known_outlier": p.ratio_known_outlier,
+            "ratio_pollution": p.ratio_pollution,
+            "ratio_known_normal": p.ratio_known_normal,
+            "val_fraction": p.val_fraction,
+            "seed": self.seed,
+            "net": t.net.name,
+            "rep_dim": t.net.rep_dim,
+            "eta": t.eta,
+            "lr": t.sad.lr,
+            "epochs": t.sad.epochs,
+            "weight_decay": t.sad.weight_decay,
+            "batch_size": t.sad.batch_size,
+            "milestones": list(t.sad.milestones),
+            "ae_lr": None if ae is None else ae.lr,
+            "ae_epochs": None if ae is None else ae.epochs,
+            "ae_weight_decay": None if ae is None else ae.weight_decay,
+            "bf16": t.bf16,
+            "reference_compat": t.reference_compat,
+        }
+
+
+def _optim(d: Mapping[str, Any]) -> OptimConfig:
+    from deepsad.training import OptimConfig
+
+    return OptimConfig(
+        lr=float(d["lr"]),
+        epochs=int(d["epochs"]),
+        milestones=tuple(int(m) for m in d["milestones"]),
+        batch_size=int(d["batch_size"]),
+        weight_decay=float(d["weight_decay"]),
+    )
+
+
+# --------------------------------------------------------------------------- spec → trials
+
+
+def resolve_data(spec: SweepSpec) -> tuple[str, str | None]:
+    """``(dataset, data_dir)`` as a trial stores them: the registry name or an absolute file path,
+    and an absolute directory. Relative paths start at ``spec.base_dir`` (the directory the file was
+    read in); a data file that is not there is looked for under ``data_dir``, as
+    :func:`deepsad.data.sources.load_dataset` does.
+    """
+    base = Path(spec.base_dir)
+    data_dir = None
+    if spec.data.data_dir is not None:
+        data_dir = os.path.abspath(base / Path(spec.data.data_dir).expanduser())
+    dataset = spec.data.dataset
+    if is_data_file(dataset):
+        path = base / Path(dataset).expanduser()
+        if not path.exists() and data_dir is not None and not Path(dataset).expanduser().is_absolute():
+            path = Path(data_dir) / Path(dataset).expanduser()
+        dataset = os.path.abspath(path)
+    return dataset, data_dir
+
+
+# Per process: the runner builds every tpe suggestion's trial, and a data file's shape is all it needs.
+@lru_cache(maxsize=8)
+def _file_shape(dataset: str, data_dir: str | None) -> tuple[int, ...]:
+    from deepsad.data.sources import load_dataset
+
+    return load_dataset(dataset, data_dir).sample_shape
+
+
+def sample_shape_of(spec: SweepSpec) -> tuple[int, ...]:
+    """One sample's shape, ``(C, H, W)`` or ``(D,)``: from the registry, or by loading the file.
+
+    Raises:
+        ConfigError: the data file cannot be loaded (naming the spec file and ``data.dataset``).
+    """
+    dataset, data_dir = resolve_data(spec)
+    if not is_data_file(dataset):
+        return REGISTRY_SAMPLE_SHAPES[dataset]
+    try:
+        return _file_shape(dataset, data_dir)
+    except (ConfigError, DataError) as e:
+        raise problems_error(spec.source, [Problem("data.dataset", str(e))]) from e
+
+
+def _core_field(message: str, searched: bool, key: str, section: str) -> Problem:
+    """A core config error (``"lr: must be > 0 (got 0)"``) as a problem of the spec field it came from."""
+    _, _, rest = message.partition(": ")
+    return Problem(
+        f"search.space.{key}" if searched else f"{section}.{key.removeprefix('ae_')}", rest or message
+    )
+
+
+def build_trial(
+    spec: SweepSpec,
+    params: Mapping[str, float | int],
+    seed: int,
+    *,
+    sample_shape: tuple[int, ...] | None = None,
+) -> TrialConfig:
+    """The trial of one configuration and seed: the spec's values with ``params`` (a subset of
+    :data:`~orchestration.spec.SPACE_KEYS`) put in; a ``rep_dim`` builds a new network.
+
+    ``sample_shape`` saves loading a data file to learn it (see :func:`sample_shape_of`).
+
+    Raises:
+        ConfigError: one line per problem, ``<spec file>: <field>: <message>``.
+    """
+    from deepsad.data.splits import Protocol
+    from deepsad.networks import NetConfig
+    from deepsad.training import OptimConfig, TrainConfig
+
+    unknown = [k for k in params if k not in SPACE_KEYS]
+    if unknown:
+        raise problems_error(
+            spec.source, [Problem(f"search.space.{unknown[0]}", "not a searchable parameter")]
+        )
+    dataset, data_dir = resolve_data(spec)
+    shape = sample_shape if sample_shape is not None else sample_shape_of(spec)
+    value = _typed(params)
+    problems: list[Problem] = []
+    protocol = net = sad = ae = None
+    try:
+        protocol = Protocol(**spec.protocol.model_dump(), seed=seed)
+    except ConfigError as e:
+        problems += protocol_problems(e)
+    try:
+        name, rep_dim, h_dims = net_fields(dataset, shape, spec.net)
+        rep_dim = int(value.get("rep_dim", rep_dim))
+        net = NetConfig(name=name, rep_dim=rep_dim, input_shape=tuple(shape), h_dims=h_dims)
+    except ConfigError as e:
+        problems.append(net_problem(str(e), "search.space.rep_dim" if "rep_dim" in value else "net.rep_dim"))
+    t = spec.train
+    try:
+        sad = OptimConfig(
+            lr=float(value.get("lr", t.lr)), epochs=t.epochs, milestones=tuple(t.milestones),
+            batch_size=t.batch_size, weight_decay=float(value.get("weight_decay", t.weight_decay)),
+        )  # fmt: skip
+    except ConfigError as e:
+        key = str(e).partition(":")[0]
+        problems.append(_core_field(str(e), key in value, key, "train"))
+    if spec.pretrain is not None:
+        a = spec.pretrain
+        try:
+            ae = OptimConfig(
+                lr=float(value.get("ae_lr", a.lr)), epochs=a.epochs, milestones=tuple(a.milestones),
+                batch_size=a.batch_size, weight_decay=float(value.get("ae_weight_decay", a.weight_decay)),
+            )  # fmt: skip
+        except ConfigError as e:
+            key = "ae_" + str(e).partition(":")[0]
+            problems.append(_core_field(str(e), key in value, key, "pretrain"))
+    eta = float(value.get("eta", t.eta))
+    if problems or protocol is None or net is None or sad is None:
+        raise problems_error(spec.source, problems)
+    try:
+        train = TrainConfig(
+            net=net, eta=eta, sad=sad, ae=ae, seed=seed, device="cpu", bf16=t.bf16,
+            reference_compat=t.reference_compat,
+        )  # fmt: skip
+    except ConfigError as e:
+        raise problems_error(spec.source, [_core_field(str(e), "eta" in value, "eta", "train")]) from e
+    return TrialConfig(dataset, data_dir, protocol, train, value, seed, t.device)
+
+
+def _typed(params: Mapping[str, float | int]) -> Params:
+    """Searched values with their canonical types (so that ``eta: 1`` and ``eta: 1.0`` share a key)."""
+    return {k: int(v) if k == "rep_dim" else float(v) for k, v in params.items()}
+
+
+def grid_params(spec: SweepSpec) -> list[Params]:
+    """Every combination of the choice values, in :data:`SPACE_KEYS` order, last key fastest."""
+    entries = spec.search.space.items()
+    if not all(isinstance(d, Choice) for _, d in entries):
+        raise ValueError("grid_params needs a space of choice entries")
+    keys = [k for k, _ in entries]
+    axes = [list(d.values) for _, d in entries if isinstance(d, Choice)]
+    return [_typed(dict(zip(keys, combo, strict=True))) for combo in itertools.product(*axes)]
+
+
+def random_params(spec: SweepSpec) -> list[Params]:
+    """``num_trials`` draws from ``np.random.default_rng(search.seed)``, one value per entry in
+    :data:`SPACE_KEYS` order per draw; repeated draws (possible in small choice spaces) are dropped."""
+    rng = np.random.default_rng(spec.search.seed)
+    draws: list[Params] = []
+    for _ in range(spec.search.num_trials or 0):
+        draws.append(_typed({k: _draw(d, rng) for k, d in spec.search.space.items()}))
+    return _unique(draws)
+
+
+def _draw(dist: LogUniform | Uniform | IntUniform | Choice, rng: np.random.Generator) -> float | int:
+    if isinstance(dist, LogUniform):
+        return float(np.exp(rng.uniform(math.log(dist.low), math.log(dist.high))))
+    if isinstance(dist, Uniform):
+        return float(rng.uniform(dist.low, dist.high))
+    if isinstance(dist, IntUniform):
+        return int(rng.integers(dist.low, dist.high, endpoint=True))
+    return dist.values[int(rng.integers(len(dist.values)))]
+
+
+def probe_params(spec: SweepSpec) -> list[Params]:
+    """Configurations that together use both bounds of every numeric entry and every choice value
+    (entry ``i`` of configuration ``j`` is its ``j mod n_i``-th extreme): what tpe may suggest at
+    the edges of the space, to validate before the search starts."""
+    entries = spec.search.space.items()
+    axes = [list(d.values) if isinstance(d, Choice) else [d.low, d.high] for _, d in entries]
+    n = max(len(a) for a in axes)
+    return _unique(
+        [_typed({k: a[j % len(a)] for (k, _), a in zip(entries, axes, strict=True)}) for j in range(n)]
+    )
+
+
+def _unique(configs: list[Params]) -> list[Params]:
+    seen: set[str] = set()
+    out = []
+    for c in configs:
+        marker = json.dumps(c, sort_keys=True)
+        if marker not in seen:
+            seen.add(marker)
+            out.append(c)
+    return out
+
+
+def _build_all(
+    spec: SweepSpec, configs: Sequence[Params], shape: tuple[int, ...] | None
+) -> tuple[list[TrialConfig], list[str]]:
+    """Every configuration × seed as a trial (configuration-major), and the problem lines of those
+    that failed; trials with equal keys are kept once."""
+    trials: list[TrialConfig] = []
+    lines: list[str] = []
+    keys: set[str] = set()
+    for params in configs:
+        for seed in spec.seeds:
+            try:
+                trial = build_trial(spec, params, seed, sample_shape=shape)
+            except ConfigError as e:
+                lines += str(e).splitlines()
+                continue
+            if trial.key not in keys:
+                keys.add(trial.key)
+                trials.append(trial)
+    return trials, list(dict.fromkeys(lines))
+
+
+def enumerate_cells(spec: SweepSpec, *, sample_shape: tuple[int, ...] | None = None) -> list[TrialConfig]:
+    """All trials of a grid or random sweep, configuration-major (each configuration's seeds in
+    ``seeds`` order); a fixed order, so resubmits can diff by key.
+
+    Raises:
+        ValueError: for tpe, whose configurations are suggested while it runs.
+        ConfigError: one line per problem of any trial.
+    """
+    algorithm = spec.search.algorithm
+    if algorithm == "tpe":
+        raise ValueError("tpe suggests configurations while it runs; there are no cells to enumerate")
+    configs = grid_params(spec) if algorithm == "grid" else random_params(spec)
+    trials, lines = _build_all(spec, configs, sample_shape)
+    if lines:
+        raise ConfigError("\n".join(lines))
+    return trials
+
+
+# --------------------------------------------------------------------------- checks before any trial
+
+
+def validate_spec(spec: SweepSpec) -> list[TrialConfig]:
+    """Check every trial a sweep may run, without training anything.
+
+    Loads the data set once, builds every cell (grid, random) or the trials at the extremes of the
+    space (tpe, see :func:`probe_params`) for every seed, and draws the split of every seed to
+    prove the protocol feasible — including that the validation part has anomalies, without which
+    the objective is undefined.
+
+    Returns:
+        The cells (grid, random) or the probe trials (tpe).
+
+    Raises:
+        ConfigError: one line per problem, ``<spec file>: <field>: <message>``.
+    """
+    from deepsad.data.sources import load_dataset
+    from deepsad.data.splits import Protocol, make_split
+
+    dataset, data_dir = resolve_data(spec)
+    try:
+        data = load_dataset(dataset, data_dir)
+    except (ConfigError, DataError) as e:
+        field = "data.data_dir" if "data directory" in str(e) else "data.dataset"
+        raise problems_error(spec.source, [Problem(field, str(e))]) from e
+    problems: list[Problem] = []
+    expected = None if is_data_file(dataset) else REGISTRY_SAMPLE_SHAPES[dataset]
+    if expected is not None and expected != data.sample_shape:
+        problems.append(
+            Problem("data.dataset", f"loaded samples have shape {data.sample_shape}, not {expected}")
+        )
+    configs = probe_params(spec) if spec.search.algorithm == "tpe" else None
+    if configs is None:
+        configs = grid_params(spec) if spec.search.algorithm == "grid" else random_params(spec)
+    trials, lines = _build_all(spec, configs, data.sample_shape)
+    try:
+        protocols = [Protocol(**spec.protocol.model_dump(), seed=s) for s in spec.seeds]
+    except ConfigError:
+        protocols = []  # already reported by the trials
+    for protocol in protocols:
+        problems += _split_problems(spec, data, protocol, make_split)
+    lines += [p.format(spec.source) for p in problems]
+    if lines:
+        raise ConfigError("\n".join(dict.fromkeys(lines)))
+    return trials
+
+
+def _split_problems(spec: SweepSpec, data: Dataset, protocol: Protocol, make_split: Any) -> list[Problem]:
+    seed = protocol.seed
+    try:
+        split = make_split(data, protocol)
+    except (ConfigError, DataError) as e:
+        message = str(e)
+        field, _, rest = message.partition(": ")
+        if field.startswith("protocol."):
+            return [Problem(field, f"seed {seed}: {rest}")]
+        return [Problem(_protocol_field(message, protocol), f"seed {seed}: {message}")]
+    if not (split.val.labels == 1).any():
+        return [
+            Problem(
+                "protocol",
+                f"seed {seed}: the validation part has no anomalies, so {spec.search.objective.metric} is "
+                "undefined; raise ratio_pollution, n_labeled_anomalies/ratio_known_outlier or val_fraction",
+            )
+        ]
+    return []
+
+
+def _protocol_field(message: str, protocol: Protocol) -> str:
+    """The protocol field a core split error is about (its messages name the setting, not the field)."""
+    if "normal class" in message and "not a class" in message:
+        return "protocol.normal_classes"
+    if "known anomaly class" in message and "not a class" in message:
+        return "protocol.known_anomaly_classes"
+    if "unlabeled anomalies" in message:
+        return "protocol.ratio_pollution"
+    if "labeled anomalies" in message:
+        return "protocol.n_labeled_anomalies" if protocol.count_mode else "protocol.ratio_known_outlier"
+    if "ratio_known_normal" in message:
+        return "protocol.ratio_known_normal"
+    if "test_fraction" in message:
+        return "protocol.test_fraction"
+    return "protocol"
+
+
+def _amount(n: float, unit: str, plural: str | None = None) -> str:
+    shown = str(int(n)) if float(n).is_integer() else f"{n:g}"
+    return f"{shown} {unit if 0 < n <= 1 else (plural or unit + 's')}"
+
+
+def _available(n: float) -> str:
+    shown = str(int(n)) if float(n).is_integer() else f"{n:g}"
+    return f"{shown} {'is' if n == 1 else 'are'} available"
+
+
+def check_resources(spec: SweepSpec, available_cpus: float, available_gpus: float) -> None:
+    """Fail early when the cluster cannot run one trial, or ``max_concurrent_trials`` of them at once.
+
+    A trial needs ``workers_per_trial`` × (``cpus_per_trial``, ``gpus_per_trial``): with Ray Train
+    each worker gets that share and the trial's own driver asks for no CPU.
+
+    Raises:
+        ConfigError: one line per problem, e.g. ``<file>: resources.max_concurrent_trials: 4
+            concurrent trials × 1 CPU need 4 CPUs but 2 are available; at most 2 fit``.
+    """
+    r = spec.resources
+    problems: list[Problem] = []
+    for unit, per_worker, available in (
+        ("CPU", r.cpus_per_trial, available_cpus),
+        ("GPU", r.gpus_per_trial, available_gpus),
+    ):
+        need = r.workers_per_trial * per_worker
+        if need == 0:
+            continue
+        if need > available + 1e-9:
+            if r.workers_per_trial > 1:
+                problems.append(Problem(
+                    "resources.workers_per_trial",
+                    f"{r.workers_per_trial} workers × {_amount(per_worker, unit)} need {_amount(need, unit)} per "
+                    f"trial but {_available(available)}",
+                ))  # fmt: skip
+            else:
+                problems.append(Problem(
+                    f"resources.{unit.lower()}s_per_trial",
+                    f"a trial needs {_amount(need, unit)} but {_available(available)}",
+                ))  # fmt: skip
+            continue
+        total = r.max_concurrent_trials * need
+        if total > available + 1e-9:
+            fit = int((available + 1e-9) // need)
+            problems.append(Problem(
+                "resources.max_concurrent_trials",
+                f"{r.max_concurrent_trials} concurrent trials × {_amount(need, unit)} need {_amount(total, unit)} "
+                f"but {_available(available)}; at most {fit} fit",
+            ))  # fmt: skip
+    if problems:
+        raise problems_error(spec.source, problems)
+
+
+# --------------------------------------------------------------------------- the dry-run summary
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep will do, before it does it (``deepsad sweep submit --dry-run``, ``plan.json``).
+
+    ``n_ae_trainings`` counts distinct AE keys: exact for grid and random; for tpe exact only when
+    no searched key changes the autoencoder (one per seed), else an upper bound.
+    """
+
+    name: str
+    source: str
+    algorithm: str
+    searched: tuple[str, ...]
+    n_configurations: int
+    seeds: tuple[int, ...]
+    n_trials: int
+    n_ae_trainings: int
+    ae_exact: bool
+    objective: str
+    scheduler: str | None
+    cpus_per_trial: float
+    gpus_per_trial: float
+    workers_per_trial: int
+    max_concurrent_trials: int
+    max_failures: int
+    storage: str
+
+    @property
+    def ae_reuse(self) -> int:
+        """Trials expected to take their autoencoder from the cache (at least this many for tpe)."""
+        return self.n_trials - self.n_ae_trainings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**_plain(asdict(self)), "ae_reuse": self.ae_reuse}
+
+    def describe(self) -> list[str]:
+        """Lines for the terminal."""
+        seeds = ", ".join(str(s) for s in self.seeds)
+        lines = [
+            f"sweep {self.name} ({self.source}): {self.algorithm} search over {', '.join(self.searched)}",
+            f"  trials: {_amount(self.n_configurations, 'configuration')} × {_amount(len(self.seeds), 'seed')} "
+            f"[{seeds}] = {_amount(self.n_trials, 'trial')}",
+        ]
+        if self.n_ae_trainings == 0:
+            lines.append("  autoencoders: none (no pretraining)")
+        elif self.ae_exact:
+            lines.append(
+                f"  autoencoders: {self.n_ae_trainings} to train; the cache serves the other "
+                f"{_amount(self.ae_reuse, 'trial')}"
+            )
+        else:
+            lines.append(f"  autoencoders: up to {self.n_ae_trainings} to train (the searched values decide)")
+        lines.append(
+            f"  objective: maximise {self.objective}"
+            + (f" · scheduler {self.scheduler}" if self.scheduler else "")
+        )
+        per_trial = f"{_amount(self.cpus_per_trial, 'CPU')}, {_amount(self.gpus_per_trial, 'GPU')}"
+        if self.workers_per_trial > 1:
+            per_trial += f" ({self.workers_per_trial} data-parallel workers)"
+        lines.append(
+            f"  per trial: {per_trial} · at most {self.max_concurrent_trials} at once · "
+            f"up to {_amount(self.max_failures, 'retry', 'retries')} of a failed trial"
+        )
+        lines.append(f"  storage: {self.storage}")
+        return lines
+
+
+def make_plan(spec: SweepSpec, cells: Sequence[TrialConfig] | None = None) -> SweepPlan:
+    """Summarise ``spec``; ``cells`` (from :func:`enumerate_cells`/:func:`validate_spec`) saves
+    building them again for grid and random.
+
+    Raises:
+        ConfigError: as :func:`enumerate_cells`.
+    """
+    search, r = spec.search, spec.resources
+    seeds = tuple(spec.seeds)
+    if search.algorithm == "tpe":
+        n_configs = search.num_trials or 0
+        n_trials = n_configs * len(seeds)
+        ae_entries = [d for k, d in search.space.items() if k in AE_KEYS]
+        if spec.pretrain is None:
+            n_ae, exact = 0, True
+        elif not ae_entries:
+            n_ae, exact = len(seeds), True
+        else:
+            combos = math.prod(len(d.values) if isinstance(d, Choice) else n_configs for d in ae_entries)
+            n_ae, exact = min(n_configs, combos) * len(seeds), False
+    else:
+        trials = list(cells) if cells is not None else enumerate_cells(spec)
+        n_trials = len(trials)
+        n_configs = len({json.dumps(t.params, sort_keys=True) for t in trials})
+        n_ae, exact = len({t.ae_key for t in trials if t.ae_key is not None}), True
+    scheduler = None
+    if search.scheduler is not None:
+        s = search.scheduler
+        scheduler = f"ASHA (grace period {s.grace_period} epochs, reduction factor {s.reduction_factor:g})"
+    storage = spec.storage if spec.storage is not None else DEFAULT_STORAGE
+    return SweepPlan(
+        name=spec.name,
+        source=spec.source,
+        algorithm=search.algorithm,
+        searched=tuple(k for k, _ in search.space.items()),
+        n_configurations=n_configs,
+        seeds=seeds,
+        n_trials=n_trials,
+        n_ae_trainings=n_ae,
+        ae_exact=exact,
+        objective=search.objective.metric,
+        scheduler=scheduler,
+        cpus_per_trial=r.workers_per_trial * r.cpus_per_trial,
+        gpus_per_trial=r.workers_per_trial * r.gpus_per_trial,
+        workers_per_trial=r.workers_per_trial,
+        max_concurrent_trials=r.max_concurrent_trials,
+        max_failures=r.max_failures,
+        storage=f"{storage.rstrip('/')}/{spec.name}",
+    )

@@ -1,0 +1,390 @@
+"""The Parquet result store of a sweep — the record of truth (Ray Tune's own files are not).
+
+Layout under the sweep's :class:`~orchestration.storage.Storage`::
+
+    results/trials/<trial_key>.parquet   exactly one row: the trial's configuration and outcome
+    results/epochs/<trial_key>.parquet   that trial's per-epoch history (both phases)
+
+Each file is written atomically and *replaced* when the same trial is written again, so retries and
+resumes can never duplicate a row: one file per key is the uniqueness constraint. Every file carries
+the same explicit schema (:data:`TRIAL_SCHEMA`, :data:`EPOCH_SCHEMA`), so the directories read as one
+table with any Parquet reader and no type drift::
+
+    pd.read_parquet("<sweep>/results/trials")
+    duckdb.sql("select * from '<sweep>/results/trials/*.parquet'")
+    pyarrow.dataset.dataset("<sweep>/results/trials", format="parquet")
+
+Temp files of in-flight writes start with ``.`` and do not end in ``.parquet``, so none of those
+readers ever sees them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from deepsad.errors import StorageError
+from orchestration.storage import Storage
+
+SCHEMA_VERSION = "1"
+TRIAL_STATUSES = ("finished", "failed", "stopped", "running")
+EPOCH_PHASES = ("ae", "sad")
+
+_INT_LIST = pa.list_(pa.int64())
+_UTC = pa.timestamp("us", tz="UTC")
+
+
+def _schema(table: str, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={"deepsad.table": table, "deepsad.schema_version": SCHEMA_VERSION})
+
+
+#: One row per trial. Only ``trial_key`` and ``status`` are required; everything else may be null.
+TRIAL_SCHEMA = _schema(
+    "trials",
+    [
+        # identity
+        pa.field("sweep", pa.string()),
+        pa.field("trial_key", pa.string(), nullable=False),
+        pa.field("trial_id", pa.string()),  # Ray Tune's id of the (latest) run of this trial
+        pa.field("status", pa.string(), nullable=False),  # one of TRIAL_STATUSES
+        pa.field("error", pa.string()),
+        pa.field("attempt", pa.int64()),
+        pa.field("code_version", pa.string()),
+        pa.field("bundle", pa.string()),
+        # configuration
+        pa.field("dataset", pa.string()),
+        pa.field("normal_classes", _INT_LIST),
+        pa.field("known_anomaly_classes", _INT_LIST),
+        pa.field("n_known_outlier_classes", pa.int64()),
+        pa.field("n_labeled_anomalies", pa.int64()),
+        pa.field("ratio_known_outlier", pa.float64()),
+        pa.field("ratio_pollution", pa.float64()),
+        pa.field("ratio_known_normal", pa.float64()),
+        pa.field("val_fraction", pa.float64()),
+        pa.field("seed", pa.int64()),
+        pa.field("net", pa.string()),
+        pa.field("rep_dim", pa.int64()),
+        pa.field("eta", pa.float64()),
+        pa.field("lr", pa.float64()),
+        pa.field("epochs", pa.int64()),
+        pa.field("weight_decay", pa.float64()),
+        pa.field("batch_size", pa.int64()),
+        pa.field("milestones", _INT_LIST),
+        pa.field("ae_lr", pa.float64()),
+        pa.field("ae_epochs", pa.int64()),
+        pa.field("ae_weight_decay", pa.float64()),
+        pa.field("bf16", pa.bool_()),
+        pa.field("reference_compat", pa.bool_()),
+        pa.field("params_json", pa.string()),  # the searched parameters, canonical JSON
+        # outcome
+        pa.field("fingerprint", pa.string()),  # of the semi-supervised split
+        pa.field("val_auroc", pa.float64()),
+        pa.field("val_ap", pa.float64()),
+        pa.field("test_auroc", pa.float64()),
+        pa.field("test_ap", pa.float64()),
+        pa.field("epochs_done", pa.int64()),  # Deep SAD epochs completed
+        pa.field("best_epoch", pa.int64()),
+        pa.field("ae_key", pa.string()),
+        pa.field("cache_hit", pa.bool_()),
+        pa.field("ae_seconds", pa.float64()),  # AE training time spent by this trial (0 on a cache hit)
+        pa.field("ae_seconds_saved", pa.float64()),  # the cached AE's original training time, on a hit
+        pa.field("sad_seconds", pa.float64()),
+        pa.field("total_seconds", pa.float64()),
+        pa.field("started_at", _UTC),
+        pa.field("finished_at", _UTC),
+        pa.field("checkpoint", pa.string()),  # URI of the trial's final model bundle
+        pa.field("device", pa.string()),
+        pa.field("workers", pa.int64()),
+    ],
+)
+
+#: One row per finished epoch of either phase (``"ae"`` pretraining, ``"sad"`` Deep SAD); the columns
+#: of :class:`deepsad.training.EpochReport` plus the trial key and attempt.
+EPOCH_SCHEMA = _schema(
+    "epochs",
+    [
+        pa.field("trial_key", pa.string(), nullable=False),
+        pa.field("phase", pa.string(), nullable=False),  # one of EPOCH_PHASES
+        pa.field("epoch", pa.int64(), nullable=False),  # from 1 within its phase
+        pa.field("epochs", pa.int64()),  # planned epochs of the phase
+        pa.field("loss", pa.float64()),
+        pa.field("lr", pa.float64()),
+        pa.field("seconds", pa.float64()),
+        pa.field("samples_per_s", pa.float64()),
+        pa.field("val_auroc", pa.float64()),
+        pa.field("val_ap", pa.float64()),
+        pa.field("attempt", pa.int64()),
+    ],
+)
+
+# Trial keys become file names: keep them to a safe alphabet.
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_trial_key(key: object) -> str:
+    """Return ``key`` if it is a usable trial key (letters, digits, ``_.-``; ≤ 128 chars) else raise StorageError."""
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise StorageError(f"results: invalid trial_key {key!r} (letters, digits, '_', '.', '-' only)")
+    return key
+
+
+# ---------------------------------------------------------------------------------------- validation
+
+
+def _check_value(f: pa.Field, v: Any, where: str) -> Any:
+    """``v`` as a plain Python value of ``f``'s type; StorageError naming the column if it is not one.
+
+    Stricter than pyarrow's own conversion on purpose: a bool is not a number, 1.0 is not an int and a
+    naive datetime has no defined instant.
+    """
+
+    def bad(what: str) -> StorageError:
+        return StorageError(f"{where}: column {f.name!r} ({f.type}): {what} (got {v!r})")
+
+    t = f.type
+    if pa.types.is_boolean(t):
+        if not isinstance(v, bool | np.bool_):
+            raise bad("expected a bool")
+        return bool(v)
+    if pa.types.is_integer(t):
+        if isinstance(v, bool | np.bool_) or not isinstance(v, int | np.integer):
+            raise bad("expected an int")
+        if not -(2**63) <= int(v) < 2**63:
+            raise bad("out of the int64 range")
+        return int(v)
+    if pa.types.is_floating(t):
+        if isinstance(v, bool | np.bool_) or not isinstance(v, int | float | np.integer | np.floating):
+            raise bad("expected a number")
+        return float(v)
+    if pa.types.is_string(t):
+        if not isinstance(v, str):
+            raise bad("expected a str")
+        return str(v)
+    if pa.types.is_list(t):
+        if not isinstance(v, list | tuple | np.ndarray):
+            raise bad("expected a list")
+        item = pa.field(f.name, t.value_type, nullable=False)
+        return [_check_value(item, x, where) for x in list(v)]
+    if pa.types.is_timestamp(t):
+        if not isinstance(v, dt.datetime):
+            raise bad("expected a datetime")
+        if v.tzinfo is None or v.utcoffset() is None:
+            raise bad("expected a timezone-aware datetime (e.g. datetime.now(timezone.utc))")
+        return v.astimezone(dt.UTC)
+    raise bad(f"unsupported column type {t}")  # a schema edit without a validator
+
+
+def _validate(row: Mapping[str, Any], schema: pa.Schema, where: str) -> dict[str, Any]:
+    if not isinstance(row, Mapping):
+        raise StorageError(f"{where}: expected a mapping of column -> value, got {type(row).__name__}")
+    unknown = sorted(str(k) for k in row if k not in schema.names)
+    if unknown:
+        raise StorageError(f"{where}: unknown column(s) {', '.join(map(repr, unknown))}")
+    out: dict[str, Any] = {}
+    for f in schema:
+        v = row.get(f.name)
+        if v is None:
+            if not f.nullable:
+                raise StorageError(f"{where}: column {f.name!r} is required")
+            out[f.name] = None
+        else:
+            out[f.name] = _check_value(f, v, where)
+    return out
+
+
+def _to_parquet(rows: list[dict[str, Any]], schema: pa.Schema, where: str) -> bytes:
+    try:
+        table = pa.Table.from_pylist(rows, schema=schema)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+    except (pa.ArrowException, ValueError, TypeError) as e:  # e.g. an int beyond int64
+        raise StorageError(f"{where}: cannot encode as Parquet ({e})") from e
+    return bytes(sink.getvalue().to_pybytes())
+
+
+# ---------------------------------------------------------------------------------------- the store
+
+
+class ResultStore:
+    """Trial and epoch tables of one sweep under ``storage`` (the sweep's directory).
+
+    Writes are atomic per file and idempotent per trial key; any number of processes may write
+    concurrently (the last write of a key wins). Readers never see partial files.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._trials = storage.child("results", "trials")
+        self._epochs = storage.child("results", "epochs")
+
+    def write_trial(self, row: Mapping[str, Any]) -> None:
+        """Create or replace the row of ``row["trial_key"]``.
+
+        Missing columns are stored as null. Raises StorageError on an unknown column, a value of the
+        wrong type, a missing ``trial_key``/``status``, a status outside :data:`TRIAL_STATUSES`, or a
+        failed write.
+        """
+        key = check_trial_key(row.get("trial_key") if isinstance(row, Mapping) else None)
+        where = f"results: trial {key}"
+        clean = _validate(row, TRIAL_SCHEMA, where)
+        if clean["status"] not in TRIAL_STATUSES:
+            raise StorageError(
+                f"{where}: status must be one of {', '.join(TRIAL_STATUSES)} (got {clean['status']!r})"
+            )
+        self._trials.write_bytes(_to_parquet([clean], TRIAL_SCHEMA, where), f"{key}.parquet")
+
+    def write_epochs(self, trial_key: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Create or replace the whole epoch history of ``trial_key`` (rows in the order given).
+
+        Rows may omit ``trial_key`` (it is filled in); one naming another key is an error. Raises
+        StorageError as :meth:`write_trial` does, and on a phase outside :data:`EPOCH_PHASES`.
+        """
+        key = check_trial_key(trial_key)
+        clean = []
+        for i, row in enumerate(rows):
+            where = f"results: epochs of trial {key}, row {i}"
+            if not isinstance(row, Mapping):
+                raise StorageError(f"{where}: expected a mapping, got {type(row).__name__}")
+            if row.get("trial_key", key) != key:
+                raise StorageError(f"{where}: belongs to trial {row.get('trial_key')!r}")
+            c = _validate({**row, "trial_key": key}, EPOCH_SCHEMA, where)
+            if c["phase"] not in EPOCH_PHASES:
+                raise StorageError(
+                    f"{where}: phase must be one of {', '.join(EPOCH_PHASES)} (got {c['phase']!r})"
+                )
+            clean.append(c)
+        self._epochs.write_bytes(
+            _to_parquet(clean, EPOCH_SCHEMA, f"results: epochs of trial {key}"), f"{key}.parquet"
+        )
+
+    # ------------------------------------------------------------------------------------- reading
+
+    def _dataset(self, where: Storage, schema: pa.Schema) -> pads.Dataset | None:
+        if not where.exists():
+            return None
+        try:
+            # One discovery over the directory; pyarrow reads the files in parallel. Files starting with
+            # "." or "_" (our temp files) are ignored by default.
+            return pads.dataset(where.root, schema=schema, format="parquet", filesystem=where.filesystem)
+        except (OSError, pa.ArrowException) as e:
+            raise StorageError(f"storage {where.uri}: cannot open result table ({e})") from e
+
+    def _read(self, where: Storage, schema: pa.Schema, **scan: Any) -> pa.Table:
+        ds = self._dataset(where, schema)
+        if ds is None:
+            columns = scan.get("columns")
+            return (pa.schema([schema.field(c) for c in columns]) if columns else schema).empty_table()
+        try:
+            table = ds.to_table(**scan)
+        except (OSError, pa.ArrowException) as e:
+            raise StorageError(f"storage {where.uri}: cannot read result table ({e})") from e
+        # Stable sort: epochs keep their written order within a trial.
+        return table.sort_by("trial_key") if "trial_key" in table.column_names else table
+
+    def trials(self) -> pa.Table:
+        """All trial rows (sorted by trial_key), typed by :data:`TRIAL_SCHEMA`; empty if none."""
+        return self._read(self._trials, TRIAL_SCHEMA)
+
+    def epochs(self) -> pa.Table:
+        """All epoch rows of all trials (grouped by trial_key), typed by :data:`EPOCH_SCHEMA`."""
+        return self._read(self._epochs, EPOCH_SCHEMA)
+
+    def row(self, trial_key: str) -> dict[str, Any] | None:
+        """The row of ``trial_key`` as a dict (timestamps as aware datetimes), or None if never written."""
+        key = check_trial_key(trial_key)
+        name = f"{key}.parquet"
+        if not self._trials.exists(name):
+            return None
+        data = self._trials.read_bytes(name)
+        try:
+            rows = pq.read_table(pa.BufferReader(data), schema=TRIAL_SCHEMA).to_pylist()
+        except (OSError, pa.ArrowException) as e:
+            raise StorageError(f"storage {self._trials.uri}/{name}: not a readable trial row ({e})") from e
+        if len(rows) != 1:
+            raise StorageError(f"storage {self._trials.uri}/{name}: expected 1 row, found {len(rows)}")
+        return rows[0]
+
+    def finished_keys(self) -> set[str]:
+        """Keys of the trials whose status is ``"finished"`` (those a resubmit skips)."""
+        table = self._read(
+            self._trials, TRIAL_SCHEMA, columns=["trial_key"], filter=pc.field("status") == "finished"
+        )
+        return set(table.column("trial_key").to_pylist())
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and compute totals for reports.
+
+        Returns ``{"trials": n, "by_status": {status: n, ...}, "cache_hits": n, "ae_seconds": s,
+        "ae_seconds_saved": s, "total_seconds": s}``; ``ae_seconds_saved`` (the training time of the cached
+        autoencoders that trials reused) is the compute the AE cache saved. Null values count as 0.
+        """
+        cols = ["status", "cache_hit", "ae_seconds", "ae_seconds_saved", "total_seconds"]
+        t = self._read(self._trials, TRIAL_SCHEMA, columns=cols)
+        by_status = dict.fromkeys(TRIAL_STATUSES, 0)
+        for status, n in zip(*_value_counts(t.column("status")), strict=True):
+            by_status[status] = n
+
+        def total(name: str) -> float:
+            s = pc.sum(t.column(name)).as_py()
+            return float(s) if s is not None else 0.0
+
+        hits = pc.sum(pc.cast(t.column("cache_hit"), pa.int64())).as_py()
+        return {
+            "trials": t.num_rows,
+            "by_status": by_status,
+            "cache_hits": int(hits or 0),
+            "ae_seconds": total("ae_seconds"),
+            "ae_seconds_saved": total("ae_seconds_saved"),
+            "total_seconds": total("total_seconds"),
+        }
+
+
+def _value_counts(col: pa.ChunkedArray) -> tuple[list[Any], list[int]]:
+    counts = pc.value_counts(col)
+    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+
+
+# ---------------------------------------------------------------------------------------- code version
+
+_REPO = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def code_version() -> str:
+    """What code produced a result: ``git describe --always --tags`` of this project's checkout if it is
+    one (e.g. ``"f50cdde"`` or ``"v0.2-3-gabc1234"``), else the installed package version
+    (``"deepsad-sweeps 0.1.0"``), else ``"unknown"``. Cached for the process; never raises.
+    """
+    if (_REPO / ".git").exists():
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(_REPO), "describe", "--always", "--tags", "--abbrev=12"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                # Read-only: no --dirty (it refreshes the index) and no optional locks, so this never
+                # competes with a concurrent `git commit` for .git/index.lock.
+                env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+                check=False,
+            )
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass  # no git on this machine: fall back to the package version
+    try:
+        return f"deepsad-sweeps {metadata.version('deepsad-sweeps')}"
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,646 @@
+"""Submit and resume sweeps on Ray Tune (+ Optuna), on a local Ray that listens on 127.0.0.1 only.
+
+The sweep directory (``<storage>/<name>/``) holds everything: the submitted spec, the Parquet result
+store (the record of truth), the AE cache, the Optuna study, Tune's experiment dirs and each trial's
+final model. A sweep is resumable from that directory alone:
+
+* **submit** starts a new Tune run over the trials that have no finished row yet (grid/random: the
+  enumerated cells minus the finished ones; tpe: the study continues until it has ``num_trials``
+  configurations);
+* **resume** restores the latest Tune run after its driver died (finished trials are not rerun —
+  and a trial that finds its finished row in the store reports it instead of training again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from deepsad.errors import StorageError
+from orchestration.plan import TrialConfig, build_trial, check_resources, enumerate_cells, validate_spec
+from orchestration.results import ResultStore
+from orchestration.spec import SweepSpec, parse_spec
+from orchestration.storage import Storage
+
+#: Environment that keeps Ray, its dashboard and gloo on the loopback interface. It must be set
+#: before ``import ray`` (Ray reads it at import time) and is inherited by every Ray worker.
+LOOPBACK_ENV = {
+    # without it Ray rewrites 127.0.0.1 to the machine's interface address
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # AE epochs carry no validation metric; the trainable reports it from Deep SAD epochs on
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # checkpoints are small and frequent by design; Tune's warning about it is noise here
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+STUDY_FILE = "optuna.db"
+SPEC_FILE = "spec.yaml"
+
+
+def apply_loopback_env() -> None:
+    for k, v in LOOPBACK_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+# --------------------------------------------------------------------------- what every trial receives
+
+
+@dataclass(frozen=True)
+class SweepPayload:
+    """The sweep as its trials see it (passed to every trial through ``tune.with_parameters``)."""
+
+    name: str
+    storage_uri: str  # the sweep directory
+    spec_text: str
+    source: str
+    base_dir: str  # where relative paths in the spec are resolved (the submitting command's cwd)
+    cells: dict[str, dict[str, Any]] = field(default_factory=dict)  # grid/random: key -> TrialConfig dict
+    lock_name: str = ""
+    train_storage: str = ""  # stable absolute path for Ray Train runs (workers_per_trial > 1)
+
+    @property
+    def spec(self) -> SweepSpec:
+        return parse_spec(self.spec_text, self.source, base_dir=self.base_dir)
+
+    def trials_for(self, config: dict[str, Any]) -> list[TrialConfig]:
+        """The trial configurations of one Tune trial (a list of one today)."""
+        if "cell" in config:
+            return [TrialConfig.from_dict(self.cells[config["cell"]])]
+        spec = self.spec
+        keys = [k for k, v in spec.search.space.model_dump().items() if v is not None]
+        params = {k: config[k] for k in keys}
+        seed = spec.seeds[int(config.get("__trial_index__", 0)) % len(spec.seeds)]
+        return [build_trial(spec, params, seed)]
+
+
+# --------------------------------------------------------------------------- local Ray
+
+
+@contextlib.contextmanager
+def local_ray(
+    num_cpus: float, num_gpus: float, *, trial_slots: int = 0, sweep_dir: Storage | None = None
+) -> Iterator[None]:
+    """Start (and always shut down) a one-node Ray bound to 127.0.0.1, dashboard included.
+
+    The dashboard stays on: without its state API the placement-group cleaner cannot see a stopped
+    trial's controller die, and early-stopped sweeps deadlock (Ray 2.60).
+    """
+    apply_loopback_env()
+    import ray
+
+    if ray.is_initialized():  # a test (or a caller) already runs one
+        yield
+        return
+    ray.init(
+        num_cpus=max(int(num_cpus), 1),
+        num_gpus=int(num_gpus),
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        namespace="deepsad",
+        # a CPU-free resource for the driver of a Ray Train trial (a bundle of {"CPU": 0} alone is
+        # rejected; a fraction of a CPU would starve its workers); its count bounds concurrency
+        resources={"trial_slot": max(trial_slots, 1)},
+        logging_level=logging.WARNING,
+        # trials report through Tune (ProgressPrinter); their own logs stay in the session's files
+        log_to_driver=False,
+        configure_logging=True,
+    )
+    if sweep_dir is not None:
+        ctx = ray.get_runtime_context()
+        info = {"pid": os.getpid(), "session_dir": getattr(ctx, "session_dir", None) or _session_dir(),
+                "started_at": datetime.now(UTC).isoformat()}
+        sweep_dir.write_bytes(json.dumps(info).encode(), "driver.json")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _session_dir() -> str | None:
+    with contextlib.suppress(Exception):
+        import ray._private.worker as w
+
+        return str(w._global_node.get_session_dir_path())  # type: ignore[attr-defined]
+    return None
+
+
+def reap_stale_ray(sweep_dir: Storage) -> int:
+    """Kill what a SIGKILLed driver of this sweep left behind (its Ray session's processes).
+
+    A driver killed with SIGKILL cannot shut its local Ray down; some of its processes survive. We
+    recorded the session directory at start and end every process that runs under it. Returns the
+    number of processes signalled.
+    """
+    if not sweep_dir.exists("driver.json"):
+        return 0
+    info = json.loads(sweep_dir.read_bytes("driver.json"))
+    session, pid = info.get("session_dir"), int(info.get("pid", 0))
+    if pid and _alive(pid):
+        raise StorageError(f"sweep {sweep_dir.uri}: its driver (pid {pid}) is still running")
+    if not session:
+        return 0
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if session in cmdline or Path(session).name in cmdline:
+            with contextlib.suppress(OSError):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+# --------------------------------------------------------------------------- inside a trial
+
+
+class TuneReporter:
+    """Reports of a single-process trial go to Ray Tune; checkpoints are :class:`TrainState` bundles."""
+
+    rank = 0
+    world_size = 1
+
+    def restored(self) -> Any:
+        from ray import tune
+
+        from deepsad.training import TrainState
+
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return TrainState.load(Path(d) / "state")
+
+    def report(self, metrics: dict[str, Any], state: Any) -> None:
+        import tempfile
+
+        from ray import tune
+
+        if state is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            state.save(Path(d) / "state")
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+class TrainReporter:
+    """Reports of a Ray Train worker: every rank reports (a barrier), only rank 0 checkpoints."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+
+    def restored(self) -> Any:
+        import ray.train
+
+        from deepsad.training import TrainState
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return TrainState.load(Path(d) / "state")
+
+    def report(self, metrics: dict[str, Any], state: Any) -> None:
+        import tempfile
+
+        import ray.train
+
+        if state is None or self.rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            state.save(Path(d) / "state")
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+class RayCacheLock:
+    """The AE-cache lock, held in a named actor that every trial of the sweep can reach."""
+
+    def __init__(self, name: str) -> None:
+        import ray
+
+        self.actor = ray.get_actor(name, namespace="deepsad")
+
+    def acquire(self, key: str, owner: str) -> bool:
+        import ray
+
+        return bool(ray.get(self.actor.acquire.remote(key, owner)))
+
+    def release(self, key: str, owner: str) -> None:
+        import ray
+
+        ray.get(self.actor.release.remote(key, owner))
+
+    def renew(self, key: str, owner: str) -> None:
+        import ray
+
+        ray.get(self.actor.renew.remote(key, owner))
+
+
+class LockTable:
+    """Actor state: key -> (owner, lease expiry). A lease not renewed for ``ttl_s`` is free again,
+    so a trial that died while pretraining does not block the others forever."""
+
+    def __init__(self, ttl_s: float = 300.0) -> None:
+        self.ttl_s = ttl_s
+        self.owners: dict[str, tuple[str, float]] = {}
+
+    def acquire(self, key: str, owner: str) -> bool:
+        now = time.monotonic()
+        held = self.owners.get(key)
+        if held is None or held[1] < now or held[0] == owner:
+            self.owners[key] = (owner, now + self.ttl_s)
+            return True
+        return False
+
+    def renew(self, key: str, owner: str) -> None:
+        if key in self.owners and self.owners[key][0] == owner:
+            self.owners[key] = (owner, time.monotonic() + self.ttl_s)
+
+    def release(self, key: str, owner: str) -> None:
+        if key in self.owners and self.owners[key][0] == owner:
+            del self.owners[key]
+
+
+def tune_trial(config: dict[str, Any], payload: SweepPayload) -> None:
+    """The Tune trainable: one Tune trial = a list of trial configurations (of one, today)."""
+    from ray import tune
+
+    from orchestration.trainable import RunContext, execute
+
+    trials = payload.trials_for(config)
+    spec = payload.spec
+    ctx = RunContext(sweep=payload.name, storage_uri=payload.storage_uri,
+                     trial_id=tune.get_context().get_trial_id(),
+                     checkpoint_interval_s=spec.resources.checkpoint_interval_s)
+    if spec.resources.workers_per_trial == 1:
+        execute(trials, TuneReporter(), ctx, lock=RayCacheLock(payload.lock_name))
+        return
+    _run_data_parallel(trials, ctx, payload, spec)
+
+
+def _run_data_parallel(trials: list[TrialConfig], ctx: Any, payload: SweepPayload, spec: SweepSpec) -> None:
+    """Run the trial on ``workers_per_trial`` Ray Train workers (gloo on CPU, NCCL on GPU)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    res = spec.resources
+    per_worker = {"CPU": res.cpus_per_trial}
+    if res.gpus_per_trial:
+        per_worker["GPU"] = res.gpus_per_trial
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"trials": [t.to_dict() for t in trials], "ctx": ctx.__dict__,
+                           "lock": payload.lock_name},
+        torch_config=TorchConfig(backend="nccl" if res.gpus_per_trial else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=res.workers_per_trial,
+                                               use_gpu=bool(res.gpus_per_trial), resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            # a stable name under a stable path: a retried or resumed trial finds its Train run again
+            name=f"train-{trials[0].key}",
+            storage_path=payload.train_storage,
+            failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
+        ),
+    )
+    trainer.fit()
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    from orchestration.trainable import RunContext, execute
+
+    trials = [TrialConfig.from_dict(d) for d in config["trials"]]
+    execute(trials, TrainReporter(), RunContext(**config["ctx"]), lock=RayCacheLock(config["lock"]))
+
+
+# --------------------------------------------------------------------------- the driver side
+
+
+class StoreCallback:
+    """Writes the rows a trial cannot write itself: failed trials (after their last retry) and
+    trials stopped early by the scheduler. Made a ``tune.Callback`` by :func:`_store_callback`."""
+
+    def __init__(self, payload: SweepPayload) -> None:
+        self.payload = payload
+
+    def _trial(self, trial: Any) -> TrialConfig | None:
+        try:
+            return self.payload.trials_for(trial.config)[0]
+        except Exception:  # a broken config is reported by the trial's own error
+            return None
+
+    def _write(self, trial: Any, status: str, error: str | None) -> None:
+        cfg = self._trial(trial)
+        if cfg is None:
+            return
+        store = ResultStore(Storage.from_uri(self.payload.storage_uri))
+        previous = store.row(cfg.key) or {}
+        if previous.get("status") == "finished":
+            return
+        last = trial.last_result or {}
+        row = {**{k: v for k, v in previous.items() if v is not None}, **cfg.columns(),
+               "sweep": self.payload.name, "trial_key": cfg.key, "trial_id": trial.trial_id, "status": status,
+               "error": error, "params_json": json.dumps(cfg.params, sort_keys=True),
+               "finished_at": datetime.now(UTC)}
+        for k in ("val_auroc", "val_ap"):
+            if isinstance(last.get(k), float):
+                row[k] = last[k]
+        if isinstance(last.get("epoch"), int):
+            row["epochs_done"] = last["epoch"]
+        row.setdefault("attempt", 1)
+        store.write_trial(row)
+
+    def on_trial_error(self, trial: Any) -> None:
+        text = trial.get_error() or ""
+        lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+        self._write(trial, "failed", (lines[-1] if lines else "trial failed")[:500])
+
+    def on_trial_complete(self, trial: Any) -> None:
+        self._write(trial, "stopped", None)
+
+
+def _store_callback(payload: SweepPayload) -> Any:
+    from ray import tune
+
+    class _Callback(tune.Callback):
+        def __init__(self) -> None:
+            self.inner = StoreCallback(payload)
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self.inner.on_trial_error(trial)
+
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self.inner.on_trial_complete(trial)
+
+    return _Callback()
+
+
+# --------------------------------------------------------------------------- submit / resume
+
+
+@dataclass
+class Prepared:
+    """A validated sweep, ready to run: nothing has started yet."""
+
+    spec: SweepSpec
+    spec_text: str
+    sweep_dir: Storage
+    cells: list[TrialConfig]  # grid/random: every cell; tpe: the probe trials that were validated
+    pending: list[TrialConfig]  # grid/random: cells without a finished row
+    finished: set[str]
+
+
+def sweep_location(name: str, storage: str | None) -> Storage:
+    """The directory of sweep ``name`` under ``storage`` (default ``runs/sweeps``)."""
+    from orchestration.spec import DEFAULT_STORAGE
+
+    return Storage.from_uri(storage or DEFAULT_STORAGE).child(name)
+
+
+def prepare(spec_path: Path, storage: str | None) -> Prepared:
+    """Load and validate the spec, every trial config, the data and the storage — before any Ray.
+
+    Raises:
+        ConfigError: the sweep file or a trial configuration is invalid (one line per problem).
+        DataError: the data set cannot be loaded.
+        StorageError: the storage location is not writable.
+    """
+    from orchestration.spec import load_spec
+
+    spec = load_spec(spec_path)
+    text = Path(spec_path).read_text(encoding="utf-8")
+    cells = validate_spec(spec)
+    root = Storage.from_uri(storage or spec.storage or "runs/sweeps")
+    root.check_writable()
+    sweep_dir = root.child(spec.name)
+    finished = ResultStore(sweep_dir).finished_keys()
+    pending = [] if spec.search.algorithm == "tpe" else [c for c in cells if c.key not in finished]
+    return Prepared(spec, text, sweep_dir, cells, pending, finished)
+
+
+def _optuna_space(spec: SweepSpec) -> dict[str, Any]:
+    import optuna.distributions as od
+
+    from orchestration.spec import Choice, IntUniform, LogUniform, Uniform
+
+    space: dict[str, Any] = {}
+    for key, d in spec.search.space.items():
+        if isinstance(d, LogUniform):
+            space[key] = od.FloatDistribution(d.low, d.high, log=True)
+        elif isinstance(d, Uniform):
+            space[key] = od.FloatDistribution(d.low, d.high)
+        elif isinstance(d, IntUniform):
+            space[key] = od.IntDistribution(d.low, d.high)
+        elif isinstance(d, Choice):
+            space[key] = od.CategoricalDistribution(list(d.values))
+    return space
+
+
+def _study(spec: SweepSpec, sweep_dir: Storage) -> tuple[Any, str, int]:
+    """The sweep's Optuna study (sqlite in the sweep dir): storage, study name, finished configurations."""
+    import optuna
+
+    sweep_dir.write_bytes(b"", ".keep")  # make sure the directory exists for sqlite
+    url = f"sqlite:///{sweep_dir.path(STUDY_FILE)}"
+    storage = optuna.storages.RDBStorage(url=url)
+    name = spec.name
+    done = 0
+    with contextlib.suppress(KeyError):
+        study = optuna.load_study(study_name=name, storage=storage)
+        done = sum(1 for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    return storage, name, done
+
+
+def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list[Any]) -> Any:
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    spec, res = prep.spec, prep.spec.resources
+    metric, mode = spec.search.objective.metric, spec.search.objective.mode
+    trainable: Any = tune.with_parameters(tune_trial, payload=payload)
+    if res.workers_per_trial > 1:
+        trainable = tune.with_resources(trainable, {"CPU": 0, "trial_slot": 1})
+    else:
+        trainable = tune.with_resources(trainable, {"CPU": res.cpus_per_trial, "GPU": res.gpus_per_trial})
+    scheduler = None
+    if spec.search.scheduler is not None:
+        scheduler = ASHAScheduler(
+            time_attr="epoch", metric=metric, mode=mode, max_t=spec.train.epochs,
+            grace_period=spec.search.scheduler.grace_period, reduction_factor=spec.search.scheduler.reduction_factor,
+            stop_last_trials=False,  # a trial at its last epoch must finish and write its row
+        )
+    search_alg: Any = None
+    param_space: dict[str, Any]
+    if spec.search.algorithm == "tpe":
+        storage, study_name, done = _study(spec, prep.sweep_dir)
+        remaining = max((spec.search.num_trials or 0) - done, 0)
+        optuna_search = OptunaSearch(
+            space=_optuna_space(spec), metric=metric, mode=mode, study_name=study_name, storage=storage,
+            sampler=optuna.samplers.TPESampler(seed=spec.search.seed),
+        )
+        # every suggestion runs once per seed; Optuna learns from the mean over seeds
+        search_alg = Repeater(optuna_search, repeat=len(spec.seeds), set_index=True)
+        num_samples, param_space = remaining * len(spec.seeds), {}
+    else:
+        num_samples, param_space = 1, {"cell": tune.grid_search([c.key for c in prep.pending])}
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                                    max_concurrent_trials=res.max_concurrent_trials),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=prep.sweep_dir.path("tune"),
+            failure_config=tune.FailureConfig(max_failures=res.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
+
+
+def _payload(prep: Prepared) -> SweepPayload:
+    return SweepPayload(
+        name=prep.spec.name, storage_uri=prep.sweep_dir.uri, spec_text=prep.spec_text,
+        source=str(prep.spec.source), base_dir=prep.spec.base_dir,
+        cells={c.key: c.to_dict() for c in prep.pending}, lock_name=f"ae-cache-lock:{prep.sweep_dir.uri}",
+        train_storage=prep.sweep_dir.path("train"),
+    )
+
+
+def _runs(sweep_dir: Storage) -> list[str]:
+    return sorted(n for n in sweep_dir.list("tune") if n.startswith("run-"))
+
+
+def _machine() -> tuple[float, float]:
+    import torch
+
+    return float(os.cpu_count() or 1), float(torch.cuda.device_count())
+
+
+def run_sweep(prep: Prepared, *, resume: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Run (or resume) the sweep on a local Ray and return the store's summary.
+
+    Raises:
+        ConfigError: the machine cannot run the requested concurrency.
+        KeyboardInterrupt: after a graceful stop on Ctrl-C (the sweep stays resumable).
+    """
+    cpus, gpus = _machine()
+    check_resources(prep.spec, cpus, gpus)
+    spec = prep.spec
+    if not resume and spec.search.algorithm != "tpe" and not prep.pending:
+        progress(f"nothing to do: all {len(prep.cells)} trials of {spec.name} are finished")
+        return ResultStore(prep.sweep_dir).summary()
+    prep.sweep_dir.write_bytes(prep.spec_text.encode(), SPEC_FILE)
+    submission = {"source": str(spec.source), "base_dir": spec.base_dir, "submitted_at": datetime.now(UTC).isoformat()}
+    prep.sweep_dir.write_bytes(json.dumps(submission).encode(), "submission.json")
+    from orchestration.plan import make_plan
+
+    prep.sweep_dir.write_bytes(json.dumps(make_plan(spec, prep.cells if spec.search.algorithm != "tpe" else None)
+                                          .to_dict(), default=str, indent=1).encode(), "plan.json")
+    payload = _payload(prep)
+    runs = _runs(prep.sweep_dir)
+    if resume and not runs:
+        raise StorageError(f"sweep {prep.sweep_dir.uri}: nothing to resume (it was never submitted)")
+    reap_stale_ray(prep.sweep_dir)
+    run_name = runs[-1] if resume else f"run-{len(runs) + 1:03d}"
+    slots = spec.resources.max_concurrent_trials if spec.resources.workers_per_trial > 1 else 1
+    from orchestration.progress import ProgressPrinter
+
+    interrupted = False
+    with local_ray(cpus, gpus, trial_slots=slots, sweep_dir=prep.sweep_dir):
+        import ray
+        from ray import tune
+
+        lock = ray.remote(num_cpus=0)(LockTable).options(name=payload.lock_name, namespace="deepsad",
+                                                         get_if_exists=True).remote()
+        callbacks = [_store_callback(payload), ProgressPrinter(total=_total(prep))]
+        path = prep.sweep_dir.path("tune", run_name)
+        if resume:
+            tuner = tune.Tuner.restore(path, trainable=_restore_trainable(payload, spec), resume_errored=True,
+                                       restart_errored=False)
+            progress(f"resuming {spec.name} from {path}")
+        else:
+            tuner = _tuner(prep, payload, run_name, callbacks)
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            del lock
+    summary = ResultStore(prep.sweep_dir).summary()
+    if interrupted:
+        raise KeyboardInterrupt
+    return summary
+
+
+def _total(prep: Prepared) -> int:
+    spec = prep.spec
+    if spec.search.algorithm == "tpe":
+        return (spec.search.num_trials or 0) * len(spec.seeds)
+    return len(prep.cells)
+
+
+def _restore_trainable(payload: SweepPayload, spec: SweepSpec) -> Any:
+    from ray import tune
+
+    trainable: Any = tune.with_parameters(tune_trial, payload=payload)
+    res = spec.resources
+    if res.workers_per_trial > 1:
+        return tune.with_resources(trainable, {"CPU": 0, "trial_slot": 1})
+    return tune.with_resources(trainable, {"CPU": res.cpus_per_trial, "GPU": res.gpus_per_trial})
+
+
+def load_submitted(name: str, storage: str | None) -> Prepared:
+    """A submitted sweep, from its directory alone (for ``resume`` and ``status``).
+
+    Raises:
+        StorageError: no sweep of that name under ``storage``.
+    """
+    sweep_dir = sweep_location(name, storage)
+    if not sweep_dir.exists(SPEC_FILE):
+        raise StorageError(f"no sweep {name!r} under {sweep_dir.uri.rsplit('/', 1)[0]} (no {SPEC_FILE})")
+    text = sweep_dir.read_bytes(SPEC_FILE).decode()
+    submission = json.loads(sweep_dir.read_bytes("submission.json")) if sweep_dir.exists("submission.json") else {}
+    spec = parse_spec(text, submission.get("source", f"{sweep_dir.uri}/{SPEC_FILE}"),
+                      base_dir=submission.get("base_dir"))
+    finished = ResultStore(sweep_dir).finished_keys()
+    cells = [] if spec.search.algorithm == "tpe" else enumerate_cells(spec)
+    pending = [c for c in cells if c.key not in finished]
+    return Prepared(spec, text, sweep_dir, cells, pending, finished)

@@ -1,0 +1,82 @@
+"""Terminal views of a sweep's Parquet store: ``sweep status`` and ``results show``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from orchestration.results import ResultStore
+
+#: Columns ``results show`` prints, in order (the store has many more; csv/json give them all).
+SHOWN = ["trial_key", "status", "seed", "eta", "rep_dim", "weight_decay", "lr", "val_auroc", "val_ap",
+         "test_auroc", "test_ap", "epochs_done", "cache_hit", "total_seconds", "error"]
+
+
+def _rows(prep: Any) -> list[dict[str, Any]]:
+    table = ResultStore(prep.sweep_dir).trials()
+    rows: list[dict[str, Any]] = table.to_pylist()
+    objective = prep.spec.search.objective.metric
+
+    def order(r: dict[str, Any]) -> tuple[int, float]:
+        v = r.get(objective)
+        return (0, -float(v)) if isinstance(v, float) else (1, 0.0)
+
+    return sorted(rows, key=order)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.4f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def status_table(prep: Any) -> None:
+    """Progress of the sweep: counts by status, then one line per trial."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = _rows(prep)
+    spec = prep.spec
+    total = (spec.search.num_trials or 0) * len(spec.seeds) if spec.search.algorithm == "tpe" else len(prep.cells)
+    by_status: dict[str, int] = {}
+    for r in rows:
+        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
+    console = Console()
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "no trials yet"
+    console.print(f"[bold]{spec.name}[/] · {spec.search.algorithm} · {total} trials planned · {counts}")
+    console.print(f"directory: {prep.sweep_dir.uri}")
+    table = Table("trial", "status", "attempt", "seed", "params", spec.search.objective.metric, "epochs", "cache", "error")
+    for r in rows:
+        params = json.loads(r["params_json"]) if r.get("params_json") else {}
+        table.add_row(r["trial_key"], r["status"], _fmt(r.get("attempt")), _fmt(r.get("seed")),
+                      " ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items())),
+                      _fmt(r.get(spec.search.objective.metric)), _fmt(r.get("epochs_done")),
+                      "hit" if r.get("cache_hit") else "", (r.get("error") or "")[:60])
+    console.print(table)
+
+
+def results_output(prep: Any, *, top: int | None, fmt: str) -> None:
+    """Best trials first, as a table (selected columns) or CSV/JSON (every column)."""
+    rows = _rows(prep)[:top] if top else _rows(prep)
+    if fmt == "json":
+        print(json.dumps(rows, default=str, indent=1))
+        return
+    if fmt == "csv":
+        import csv
+
+        if rows:
+            writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*SHOWN)
+    for r in rows:
+        table.add_row(*[_fmt(r.get(c)) for c in SHOWN])
+    Console().print(table)

@@ -1,0 +1,256 @@
+"""The unit of work of a sweep: a list of trial configurations run in one process.
+
+``execute(trials, reporter, ctx)`` is Ray-free glue around the core: it skips trials that already
+have a finished row, loads the data, takes the pretrained AE from the sweep's cache (or trains it
+once, under the cache lock), fine-tunes, reports every epoch with a resumable checkpoint, writes the
+model bundle and the trial's row. The :class:`Reporter` is what differs between a Ray Tune trial
+(``tune.report``), a Ray Train worker (``ray.train.report``; only rank 0 checkpoints) and a test.
+Today the list always holds one trial; packing several small trials into one process (one GPU) can
+come later without changing the callers.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from deepsad.data.dataset import Dataset
+from deepsad.data.sources import load_dataset
+from deepsad.data.splits import SemiSupervisedSplit, make_split
+from deepsad.training import EpochReport, FitResult, TrainConfig, TrainState, finetune, pretrain
+from orchestration import faults
+from orchestration.cache import AECache, ae_cache_key
+from orchestration.plan import TrialConfig
+from orchestration.results import ResultStore, code_version
+from orchestration.storage import Storage
+
+
+class Reporter(Protocol):
+    """Where a trial's progress goes (Ray Tune, Ray Train, or a list in a test)."""
+
+    rank: int
+    world_size: int
+
+    def restored(self) -> TrainState | None:
+        """The checkpoint this (retried or resumed) trial starts from, if any."""
+
+    def report(self, metrics: dict[str, Any], state: TrainState | None) -> None:
+        """Report one result; ``state`` (if given) becomes the trial's latest checkpoint."""
+
+
+class CacheLock(Protocol):
+    """Makes sure two concurrent trials never both train the same autoencoder."""
+
+    def acquire(self, key: str, owner: str) -> bool: ...
+    def release(self, key: str, owner: str) -> None: ...
+    def renew(self, key: str, owner: str) -> None: ...
+
+
+class NoLock:
+    """For a single process: every acquire succeeds."""
+
+    def acquire(self, key: str, owner: str) -> bool:
+        return True
+
+    def release(self, key: str, owner: str) -> None:
+        return None
+
+    def renew(self, key: str, owner: str) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a trial needs besides its configuration."""
+
+    sweep: str
+    storage_uri: str
+    trial_id: str = "local"
+    checkpoint_interval_s: float = 10.0
+    cache_wait_s: float = 3600.0
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(name: str, data_dir: str | None) -> Dataset:
+    # one load per worker process: every trial of a sweep uses the same data set
+    return load_dataset(name, data_dir)
+
+
+def resolve_device(request: str) -> str:
+    """``auto`` → ``cuda`` when this process was given a GPU, else ``cpu``."""
+    import torch
+
+    if request == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return request
+
+
+def _with_state(phase: str, report: EpochReport, extra: dict[str, Any]) -> dict[str, Any]:
+    metrics: dict[str, Any] = {"phase": phase, f"{phase}_epoch": report.epoch, f"{phase}_loss": report.loss,
+                               "samples_per_s": report.samples_per_s, **extra}
+    if phase == "sad":
+        # the scheduler's time attribute and the objective appear only in Deep SAD epochs
+        metrics.update(epoch=report.epoch, val_auroc=report.val_auroc, val_ap=report.val_ap, loss=report.loss)
+    return metrics
+
+
+def _epoch_row(trial_key: str, attempt: int, r: EpochReport) -> dict[str, Any]:
+    return {"trial_key": trial_key, "attempt": attempt, **r.to_dict()}
+
+
+def execute(
+    trials: list[TrialConfig], reporter: Reporter, ctx: RunContext, *, lock: CacheLock | None = None
+) -> list[dict[str, Any]]:
+    """Run each trial (see the module docstring) and return their result rows."""
+    return [_run_one(t, reporter, ctx, lock or NoLock()) for t in trials]
+
+
+def _run_one(trial: TrialConfig, reporter: Reporter, ctx: RunContext, lock: CacheLock) -> dict[str, Any]:
+    sweep_storage = Storage.from_uri(ctx.storage_uri)
+    store = ResultStore(sweep_storage)
+    main = reporter.rank == 0
+    previous = store.row(trial.key)
+    if previous is not None and previous.get("status") == "finished":
+        # resubmitted or resumed: never train a finished trial again; tell the searcher its result
+        reporter.report(_final_metrics(previous, skipped=True), None)
+        return previous
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    attempt = int(previous["attempt"]) + 1 if previous is not None and previous.get("attempt") else 1
+    base_row: dict[str, Any] = {
+        "sweep": ctx.sweep, "trial_key": trial.key, "trial_id": ctx.trial_id, "attempt": attempt,
+        "code_version": code_version(), "workers": reporter.world_size, **trial.columns(),
+        "params_json": json.dumps(trial.params, sort_keys=True), "started_at": started,
+    }
+    if main:
+        store.write_trial({**base_row, "status": "running"})
+    faults.checkpoint("trial_start", rank=reporter.rank, trial_key=trial.key)
+
+    device = resolve_device(trial.device_request)
+    cfg = replace(trial.train, device=device)
+    split = make_split(_dataset(trial.dataset, trial.data_dir), trial.protocol)
+    state = reporter.restored()
+    epochs: list[EpochReport] = []
+    cache_info: dict[str, Any] = {}
+    last_checkpoint = [time.monotonic()]
+
+    def on_epoch(report: EpochReport, state_fn: Any) -> None:
+        faults.checkpoint(f"{report.phase}_epoch", epoch=report.epoch, rank=reporter.rank, trial_key=trial.key)
+        epochs.append(report)
+        due = time.monotonic() - last_checkpoint[0] >= ctx.checkpoint_interval_s or report.epoch == report.epochs
+        snapshot = state_fn() if due else None
+        if due:
+            last_checkpoint[0] = time.monotonic()
+        if snapshot is not None and report.phase == "sad":
+            snapshot.meta["cache_info"] = dict(cache_info)  # a resumed trial still knows it hit the cache
+        extra = {"trial_key": trial.key, "attempt": attempt}
+        reporter.report(_with_state(report.phase, report, extra), snapshot)
+        if main:
+            store.write_epochs(trial.key, [_epoch_row(trial.key, attempt, r) for r in _history(state, epochs)])
+
+    ae_state, cache, ae_history = _autoencoder(trial, cfg, split, state, ctx, sweep_storage, lock, on_epoch, reporter)
+    cache_info.update(cache)
+    result = finetune(split, cfg, ae_state=ae_state, on_epoch=on_epoch, prior_history=ae_history,
+                      resume=state if state is not None and state.phase == "sad" else None)
+    faults.checkpoint("trial_end", rank=reporter.rank, trial_key=trial.key)
+    row = {**base_row, **_outcome(result, split, cfg, cache), "status": "finished",
+           "total_seconds": time.perf_counter() - t0, "finished_at": datetime.now(UTC)}
+    if main:
+        checkpoint = sweep_storage.child("checkpoints", trial.key)
+        with tempfile.TemporaryDirectory() as tmp:
+            result.model.meta.update(sweep=ctx.sweep, trial_key=trial.key, params=trial.params,
+                                     metrics={k: row[k] for k in ("val_auroc", "val_ap", "test_auroc", "test_ap")})
+            result.model.save(Path(tmp) / "model")
+            checkpoint.upload_dir(Path(tmp) / "model")
+        row["checkpoint"] = checkpoint.uri
+        store.write_epochs(trial.key, [_epoch_row(trial.key, attempt, r) for r in _history(state, epochs)])
+        store.write_trial(row)
+    reporter.report(_final_metrics(row, skipped=False), None)
+    return row
+
+
+def _history(state: TrainState | None, new: list[EpochReport]) -> list[EpochReport]:
+    """Epochs from before a restart (kept in the checkpoint) followed by this attempt's."""
+    if state is None:
+        return new
+    from deepsad.checkpoint import from_json_value
+
+    old = [EpochReport(**h) for h in from_json_value(state.meta.get("history", []))]
+    seen = {(r.phase, r.epoch) for r in new}
+    return [r for r in old if (r.phase, r.epoch) not in seen] + new
+
+
+def _autoencoder(
+    trial: TrialConfig, cfg: TrainConfig, split: SemiSupervisedSplit, state: TrainState | None, ctx: RunContext,
+    storage: Storage, lock: CacheLock, on_epoch: Any, reporter: Reporter,
+) -> tuple[dict[str, Any] | None, dict[str, Any], list[EpochReport]]:
+    """The pretrained AE of this trial: from the cache, or trained once under the cache lock.
+
+    Returns the AE state dict (None without pretraining or when resuming past it), the cache columns
+    of the result row, and the pretraining history of this process."""
+    if cfg.ae is None or trial.ae_key is None:
+        return None, {"ae_key": None, "cache_hit": False, "ae_seconds": 0.0, "ae_seconds_saved": 0.0}, []
+    key = ae_cache_key(trial.ae_key, split.fingerprint)
+    info: dict[str, Any] = {"ae_key": key, "cache_hit": False, "ae_seconds": 0.0, "ae_seconds_saved": 0.0}
+    if state is not None and state.phase == "sad":
+        return None, {**info, **state.meta.get("cache_info", {})}, []  # past pretraining already
+    cache = AECache(storage)
+    owner = f"{ctx.trial_id}:{os.getpid()}"
+    deadline = time.monotonic() + ctx.cache_wait_s
+    while True:
+        hit = cache.get(key)
+        if hit is not None:
+            tensors, meta = hit
+            return tensors, {**info, "cache_hit": True, "ae_seconds_saved": float(meta.get("ae_seconds", 0.0))}, []
+        if _decide(reporter, lambda: lock.acquire(key, owner)):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {ctx.cache_wait_s:.0f} s for another trial to pretrain AE {key}")
+        time.sleep(0.5)
+    try:
+        def renewing(report: EpochReport, state_fn: Any) -> None:
+            lock.renew(key, owner)
+            on_epoch(report, state_fn)
+
+        ae = pretrain(split, cfg, on_epoch=renewing, resume=state if state is not None else None)
+        seconds = sum(h.seconds for h in ae.history)
+        if reporter.rank == 0:
+            cache.put(key, ae.state_dict, {"ae_seconds": seconds, "epochs": len(ae.history),
+                                           "trial_key": trial.key, "created_at": datetime.now(UTC).isoformat()})
+        return ae.state_dict, {**info, "ae_seconds": seconds}, ae.history
+    finally:
+        if reporter.rank == 0:
+            lock.release(key, owner)
+
+
+def _decide(reporter: Reporter, fn: Any) -> bool:
+    """Rank 0 decides (e.g. takes a lock); every rank of a data-parallel group gets the same answer."""
+    if reporter.world_size == 1:
+        return bool(fn())
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([int(bool(fn())) if reporter.rank == 0 else 0])
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _outcome(result: FitResult, split: SemiSupervisedSplit, cfg: TrainConfig, cache: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "fingerprint": split.fingerprint, "val_auroc": result.val_auroc, "val_ap": result.val_ap,
+        "test_auroc": result.test_auroc, "test_ap": result.test_ap,
+        "epochs_done": sum(1 for h in result.history if h.phase == "sad"),
+        "sad_seconds": result.sad_seconds, "device": cfg.device, **cache,
+    }
+
+
+def _final_metrics(row: dict[str, Any], *, skipped: bool) -> dict[str, Any]:
+    keys = ("trial_key", "val_auroc", "val_ap", "test_auroc", "test_ap", "cache_hit", "epochs_done")
+    return {**{k: row.get(k) for k in keys}, "epoch": row.get("epochs_done"), "done": True, "skipped": skipped}
