@@ -63,10 +63,10 @@ class ProgressPrinter(tune.Callback):
         self._say(f"{state:7} {trial.trial_id} {metrics}{hit}{best}")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        from orchestration.runner import trial_error
+
         self.failed += 1
-        text = str(trial.get_error() or "")
-        lines = [line for line in text.splitlines() if line.strip()]
-        self._say(f"failed  {trial.trial_id} {lines[-1][:200] if lines else ''}")
+        self._say(f"failed  {trial.trial_id} {trial_error(trial)[:200]}")
 
     def __repr__(self) -> str:
         return f"ProgressPrinter({json.dumps({'total': self.total})})"

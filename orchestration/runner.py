@@ -153,17 +153,26 @@ def reap_stale_ray(sweep_dir: Storage) -> int:
         return 0
     killed = 0
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if session in cmdline or Path(session).name in cmdline:
+        if proc.name.isdigit() and int(proc.name) != os.getpid() and _in_session(proc, session):
             with contextlib.suppress(OSError):
                 os.kill(int(proc.name), signal.SIGKILL)
                 killed += 1
     return killed
+
+
+def _in_session(proc: Path, session: str) -> bool:
+    """Whether a process belongs to a Ray session: its command line names the session directory, or
+    (Ray's agents rename themselves to ``ray::...``) one of its open files lies inside it."""
+    try:
+        if session in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+            return True
+        for fd in (proc / "fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd).startswith(session):
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 def _alive(pid: int) -> bool:
@@ -384,12 +393,24 @@ class StoreCallback:
         store.write_trial(row)
 
     def on_trial_error(self, trial: Any) -> None:
-        text = trial.get_error() or ""
-        lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-        self._write(trial, "failed", (lines[-1] if lines else "trial failed")[:500])
+        self._write(trial, "failed", trial_error(trial))
 
     def on_trial_complete(self, trial: Any) -> None:
         self._write(trial, "stopped", None)
+
+
+def trial_error(trial: Any) -> str:
+    """The last line of a failed trial's error (its exception), read from the driver's local copy:
+    the copy in storage is synced later than the callbacks run."""
+    text = ""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        text = Path(path).read_text(errors="replace")
+    else:
+        with contextlib.suppress(Exception):
+            text = str(trial.get_error() or "")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Failure #")]
+    return (lines[-1] if lines else "trial failed")[:500]
 
 
 def _store_callback(payload: SweepPayload) -> Any:
@@ -567,6 +588,11 @@ def run_sweep(prep: Prepared, *, resume: bool, progress: Callable[[str], None]) 
     if not resume and spec.search.algorithm != "tpe" and not prep.pending:
         progress(f"nothing to do: all {len(prep.cells)} trials of {spec.name} are finished")
         return ResultStore(prep.sweep_dir).summary()
+    if not resume and spec.search.algorithm == "tpe" and prep.sweep_dir.exists(STUDY_FILE):
+        done = _study(spec, prep.sweep_dir)[2]
+        if done >= (spec.search.num_trials or 0):
+            progress(f"nothing to do: the study of {spec.name} already has {done} finished configurations")
+            return ResultStore(prep.sweep_dir).summary()
     prep.sweep_dir.write_bytes(prep.spec_text.encode(), SPEC_FILE)
     submission = {"source": str(spec.source), "base_dir": spec.base_dir, "submitted_at": datetime.now(UTC).isoformat()}
     prep.sweep_dir.write_bytes(json.dumps(submission).encode(), "submission.json")

@@ -1,0 +1,97 @@
+"""Helpers for the sweep tests that run real Ray: small sweep files and the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import REPO
+
+#: Ray in tests: loopback only, no usage reports, no dashboard traffic beyond 127.0.0.1.
+TEST_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def small_spec(name: str, **overrides: Any) -> dict[str, Any]:
+    """A grid sweep on scikit-learn's digits that trains in about a second per trial."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "data": {"dataset": "digits"},
+        "protocol": {"normal_classes": [0, 1, 2, 3, 4], "known_anomaly_classes": [5],
+                     "n_labeled_anomalies": 20, "ratio_pollution": 0.1, "val_fraction": 0.2},
+        "train": {"lr": 1e-3, "epochs": 6, "milestones": [4], "batch_size": 32, "device": "cpu"},
+        "pretrain": {"lr": 1e-3, "epochs": 4, "milestones": [3], "batch_size": 32},
+        "search": {"algorithm": "grid", "space": {"eta": {"distribution": "choice", "values": [0.5, 2.0]}}},
+        "seeds": [0],
+        "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2, "max_failures": 2,
+                      "checkpoint_interval_s": 0},
+    }
+    for dotted, value in overrides.items():
+        node = spec
+        *path, last = dotted.split("__")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return spec
+
+
+def write_spec(tmp: Path, spec: dict[str, Any]) -> Path:
+    path = tmp / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def cli(args: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run `deepsad ARGS` in a fresh interpreter (the way a user runs it)."""
+    full_env = {**os.environ, **TEST_ENV, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "orchestration.cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def popen_cli(args: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    full_env = {**os.environ, **TEST_ENV, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "orchestration.cli", *args], cwd=cwd, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def faults_file(tmp: Path, rules: list[dict[str, Any]]) -> dict[str, str]:
+    """An env that activates deterministic fault injection (see orchestration/faults.py)."""
+    path = tmp / "faults.json"
+    path.write_text(json.dumps({"rules": rules}))
+    return {"DEEPSAD_FAULTS": str(path)}
+
+
+def rows(storage: Path, name: str) -> list[dict[str, Any]]:
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(storage / name / "results" / "trials", format="parquet").to_table()
+    return list(table.to_pylist())
+
+
+def epochs(storage: Path, name: str) -> list[dict[str, Any]]:
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(storage / name / "results" / "epochs", format="parquet").to_table()
+    return list(table.to_pylist())
+
+
+def session_of(storage: Path, name: str) -> str:
+    """The Ray session directory the sweep's last driver ran (recorded in driver.json)."""
+    return str(json.loads((storage / name / "driver.json").read_text())["session_dir"])
+
+
+def session_processes(session: str) -> list[int]:
+    """Live processes of one Ray session (other Ray users of this machine are not counted)."""
+    from orchestration.runner import _in_session
+
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _in_session(p, session)]

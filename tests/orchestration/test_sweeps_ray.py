@@ -1,0 +1,173 @@
+"""Sweeps on a real local Ray (each test starts its own driver process, as a user would)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.orchestration.sweeps_helpers import (
+    cli,
+    epochs,
+    faults_file,
+    popen_cli,
+    rows,
+    session_of,
+    session_processes,
+    small_spec,
+    write_spec,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_quickstart_sweep_end_to_end_and_resubmit(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    run = cli(["sweep", "submit", str(REPO / "sweeps" / "quickstart.yaml"), "--storage", str(store)], cwd=REPO)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "trials: 6 (0 failed, 6 finished" in run.stdout
+    got = rows(store, "quickstart")
+    assert len(got) == 6 and {r["status"] for r in got} == {"finished"}
+    assert all(0.5 < r["val_auroc"] <= 1.0 for r in got)
+    assert sum(not r["cache_hit"] for r in got) <= 2  # rep_dim ∈ {8, 16}: at most two AEs trained
+    assert all(Path(r["checkpoint"], "meta.json").is_file() for r in got)
+
+    shown = cli(["results", "show", "quickstart", "--storage", str(store), "--format", "json", "--top", "3"], cwd=REPO)
+    best = json.loads(shown.stdout)
+    assert len(best) == 3 and best[0]["val_auroc"] == max(r["val_auroc"] for r in got)
+
+    again = cli(["sweep", "submit", str(REPO / "sweeps" / "quickstart.yaml"), "--storage", str(store)], cwd=REPO)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert len(rows(store, "quickstart")) == 6
+    assert not session_processes(session_of(store, "quickstart")), "the CLI left Ray processes behind"
+
+
+def test_concurrent_trials_with_the_same_ae_key_train_it_once(tmp_path: Path) -> None:
+    # eta does not change the autoencoder: both cells share one AE key and start together
+    spec = write_spec(tmp_path, small_spec("shared", pretrain__epochs=8))
+    run = cli(["sweep", "submit", str(spec), "--storage", str(tmp_path / "s")], cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = rows(tmp_path / "s", "shared")
+    assert len(got) == 2 and len({r["ae_key"] for r in got}) == 1
+    trained = [r for r in got if not r["cache_hit"]]
+    assert len(trained) == 1 and trained[0]["ae_seconds"] > 0
+    hit = [r for r in got if r["cache_hit"]][0]
+    assert hit["ae_seconds"] == 0 and hit["ae_seconds_saved"] == pytest.approx(trained[0]["ae_seconds"])
+    ae_epochs = [e for e in epochs(tmp_path / "s", "shared") if e["phase"] == "ae"]
+    assert len(ae_epochs) == 8  # pretraining ran once, in one trial
+
+
+def test_growing_a_grid_runs_only_the_new_cells(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    first = write_spec(tmp_path, small_spec("grow", search__space={"eta": {"distribution": "choice", "values": [1.0]}}))
+    assert cli(["sweep", "submit", str(first), "--storage", str(store)], cwd=tmp_path).returncode == 0
+    before = {r["trial_key"]: r for r in rows(store, "grow")}
+    grown = write_spec(tmp_path, small_spec("grow", seeds=[0, 1],
+                                            search__space={"eta": {"distribution": "choice", "values": [1.0, 3.0]}}))
+    dry = cli(["sweep", "submit", str(grown), "--storage", str(store), "--dry-run"], cwd=tmp_path)
+    assert "already finished: 1 of 4 trials" in dry.stdout and "to run: 3" in dry.stdout
+    run = cli(["sweep", "submit", str(grown), "--storage", str(store)], cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    after = {r["trial_key"]: r for r in rows(store, "grow")}
+    assert len(after) == 4 and all(r["status"] == "finished" for r in after.values())
+    (key, old), = before.items()
+    assert after[key]["started_at"] == old["started_at"]  # not rerun
+
+
+@pytest.mark.slow
+def test_a_worker_that_raises_once_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
+    passes = tmp_path / "passes.log"
+    env = faults_file(tmp_path, [
+        {"at": "sad_epoch", "touch": str(passes)},
+        {"at": "sad_epoch", "epoch": 3, "action": "raise", "once": str(tmp_path / "fired")},
+    ])
+    spec = write_spec(tmp_path, small_spec("retry", search__space={"eta": {"distribution": "choice", "values": [1.0]}}))
+    run = cli(["sweep", "submit", str(spec), "--storage", str(tmp_path / "s")], cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    (row,) = rows(tmp_path / "s", "retry")
+    assert row["status"] == "finished" and row["attempt"] == 2 and row["epochs_done"] == 6
+    lines = [line.split() for line in passes.read_text().splitlines()]
+    first_pid = lines[0][3]
+    second = [int(epoch) for _k, _at, epoch, pid in lines if pid != first_pid]
+    assert [int(e) for _k, _at, e, pid in lines if pid == first_pid] == [1, 2, 3]
+    assert second == [3, 4, 5, 6], "the retry must resume after epoch 2 (its last checkpoint), not restart"
+    sad = sorted(e["epoch"] for e in epochs(tmp_path / "s", "retry") if e["phase"] == "sad")
+    assert sad == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_a_trial_that_keeps_failing_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    # every attempt of the eta=2.0 cell fails (a rule without "once" fires each time)
+    spec_dict = small_spec("failing", resources__max_failures=1)
+    spec = write_spec(tmp_path, spec_dict)
+    dry = cli(["sweep", "submit", str(spec), "--storage", str(tmp_path / "s"), "--dry-run"], cwd=tmp_path)
+    assert dry.returncode == 0
+    from orchestration.plan import enumerate_cells
+    from orchestration.spec import load_spec
+
+    cells = enumerate_cells(load_spec(spec))
+    bad = next(c.key for c in cells if c.params["eta"] == 2.0)
+    env = faults_file(tmp_path, [{"at": "sad_epoch", "epoch": 2, "action": "raise", "trial_key": bad}])
+    run = cli(["sweep", "submit", str(spec), "--storage", str(tmp_path / "s")], cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = {r["trial_key"]: r for r in rows(tmp_path / "s", "failing")}
+    assert got[bad]["status"] == "failed" and "injected fault" in got[bad]["error"]
+    (good,) = [r for k, r in got.items() if k != bad]
+    assert good["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_killed_driver_then_resume_reruns_no_finished_trial(tmp_path: Path) -> None:
+    ends = tmp_path / "ends.log"
+    env = faults_file(tmp_path, [{"at": "trial_end", "touch": str(ends)}])
+    spec = write_spec(tmp_path, small_spec(
+        "killed", search__space={"eta": {"distribution": "choice", "values": [0.5, 1.0, 2.0, 4.0]}},
+        resources__max_concurrent_trials=1, train__epochs=10))
+    store = tmp_path / "s"
+    driver = popen_cli(["sweep", "submit", str(spec), "--storage", str(store)], cwd=tmp_path, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait until two trials have finished, then kill the driver
+        finished = [r for r in rows(store, "killed") if r["status"] == "finished"] if (store / "killed" / "results").exists() else []
+        if len(finished) >= 2:
+            break
+        assert driver.poll() is None, driver.stdout.read() if driver.stdout else ""
+        time.sleep(0.2)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    before = {r["trial_key"]: r for r in rows(store, "killed") if r["status"] == "finished"}
+    assert len(before) >= 2
+    killed_session = session_of(store, "killed")
+
+    resumed = cli(["sweep", "resume", "killed", "--storage", str(store)], cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    after = rows(store, "killed")
+    assert len(after) == 4 and len({r["trial_key"] for r in after}) == 4
+    assert {r["status"] for r in after} == {"finished"}
+    for key, old in before.items():
+        new = next(r for r in after if r["trial_key"] == key)
+        assert new["started_at"] == old["started_at"] and new["attempt"] == old["attempt"], "finished trial rerun"
+    trained = [line.split()[0] for line in ends.read_text().splitlines()]
+    assert sorted(trained) == sorted(set(trained)), "a trial trained to the end twice"
+    time.sleep(1)
+    assert not session_processes(killed_session), "the killed driver's Ray processes survived the resume"
+    assert not session_processes(session_of(store, "killed")), "resume left Ray processes behind"
+
+
+@pytest.mark.slow
+def test_two_train_workers_match_one_worker(tmp_path: Path) -> None:
+    space = {"eta": {"distribution": "choice", "values": [1.0]}}
+    one = write_spec(tmp_path, small_spec("one", search__space=space))
+    two = write_spec(tmp_path, small_spec("two", search__space=space, resources__workers_per_trial=2,
+                                          resources__max_concurrent_trials=1))
+    for spec in (one, two):
+        run = cli(["sweep", "submit", str(spec), "--storage", str(tmp_path / "s")], cwd=tmp_path)
+        assert run.returncode == 0, run.stdout + run.stderr
+    (a,), (b,) = rows(tmp_path / "s", "one"), rows(tmp_path / "s", "two")
+    assert a["trial_key"] == b["trial_key"] and (a["workers"], b["workers"]) == (1, 2)
+    assert b["val_auroc"] == pytest.approx(a["val_auroc"], abs=1e-3)
+    assert b["test_auroc"] == pytest.approx(a["test_auroc"], abs=1e-3)
