@@ -56,7 +56,7 @@ def test_concurrent_trials_with_the_same_ae_key_train_it_once(tmp_path: Path) ->
     assert len(got) == 2 and len({r["ae_key"] for r in got}) == 1
     trained = [r for r in got if not r["cache_hit"]]
     assert len(trained) == 1 and trained[0]["ae_seconds"] > 0
-    hit = [r for r in got if r["cache_hit"]][0]
+    hit = next(r for r in got if r["cache_hit"])
     assert hit["ae_seconds"] == 0 and hit["ae_seconds_saved"] == pytest.approx(trained[0]["ae_seconds"])
     ae_epochs = [e for e in epochs(tmp_path / "s", "shared") if e["phase"] == "ae"]
     assert len(ae_epochs) == 8  # pretraining ran once, in one trial
