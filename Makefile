@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 quickstart: setup
-	$(BIN)/deepsad train --dataset digits --normal-class 0 --n-labeled-anomalies 10 \
-	    --pollution 0.05 --ae-epochs 30 --epochs 30 --milestone 20 --seed 0 --out runs/quickstart
+	$(BIN)/deepsad sweep submit sweeps/quickstart.yaml
+	$(BIN)/deepsad results show quickstart --top 5
 
 test: setup
 	$(BIN)/python -m pytest -m "not gpu"

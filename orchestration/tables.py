@@ -13,6 +13,13 @@ SHOWN = ["trial_key", "status", "seed", "eta", "rep_dim", "weight_decay", "lr", 
          "test_auroc", "test_ap", "epochs_done", "cache_hit", "total_seconds", "error"]
 
 
+def _console() -> Any:
+    from rich.console import Console
+
+    # piped output (logs, CI) gets a wide table instead of rich's default of 80 columns
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def _rows(prep: Any) -> list[dict[str, Any]]:
     table = ResultStore(prep.sweep_dir).trials()
     rows: list[dict[str, Any]] = table.to_pylist()
@@ -35,7 +42,6 @@ def _fmt(v: Any) -> str:
 
 def status_table(prep: Any) -> None:
     """Progress of the sweep: counts by status, then one line per trial."""
-    from rich.console import Console
     from rich.table import Table
 
     rows = _rows(prep)
@@ -44,7 +50,7 @@ def status_table(prep: Any) -> None:
     by_status: dict[str, int] = {}
     for r in rows:
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1
-    console = Console()
+    console = _console()
     counts = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "no trials yet"
     console.print(f"[bold]{spec.name}[/] · {spec.search.algorithm} · {total} trials planned · {counts}")
     console.print(f"directory: {prep.sweep_dir.uri}")
@@ -73,10 +79,9 @@ def results_output(prep: Any, *, top: int | None, fmt: str) -> None:
             for r in rows:
                 writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()})
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(*SHOWN)
     for r in rows:
         table.add_row(*[_fmt(r.get(c)) for c in SHOWN])
-    Console().print(table)
+    _console().print(table)
