@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -121,7 +121,7 @@ class TrialConfig:
         del train["device"]  # the device changes where a trial runs, not what it computes
         return {"dataset": self.dataset, "protocol": _plain(asdict(self.protocol)), "train": train}
 
-    @property
+    @cached_property  # every input is frozen; a trial reports (and names its rows by) it every epoch
     def key(self) -> str:
         """The trial key: 16 hex chars of sha256 over the data set, protocol and training config."""
         return _digest({"version": TRIAL_KEY_VERSION, **self._identity()})

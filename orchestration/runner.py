@@ -18,6 +18,8 @@ import json
 import logging
 import os
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,10 +44,17 @@ LOOPBACK_ENV = {
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
     # checkpoints are small and frequent by design; Tune's warning about it is noise here
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # snapshot the experiment state on every change: with Tune's default (>= 10 s) a driver killed
+    # between snapshots leaves a state that restores finished trials as unfinished (seen on 2.60)
+    "TUNE_GLOBAL_CHECKPOINT_S": "0",
 }
 
-STUDY_FILE = "optuna.db"
+STUDY_FILE = "optuna.db"  # orchestration.search.STUDY_FILE (kept here so no Ray import is needed)
 SPEC_FILE = "spec.yaml"
+
+
+#: Set in the driver (and inherited by every worker) when we started the Ray ourselves on 127.0.0.1.
+LOCAL_MARKER = "DEEPSAD_LOCAL_RAY"
 
 
 def apply_loopback_env() -> None:
@@ -67,7 +76,8 @@ class SweepPayload:
     base_dir: str  # where relative paths in the spec are resolved (the submitting command's cwd)
     cells: dict[str, dict[str, Any]] = field(default_factory=dict)  # grid/random: key -> TrialConfig dict
     lock_name: str = ""
-    train_storage: str = ""  # stable absolute path for Ray Train runs (workers_per_trial > 1)
+    # Ray Train runs (workers_per_trial > 1) live under <sweep>/train: a stable location, so a retried
+    # or resumed trial finds its Train run again
 
     @property
     def spec(self) -> SweepSpec:
@@ -102,11 +112,17 @@ def local_ray(
     if ray.is_initialized():  # a test (or a caller) already runs one
         yield
         return
+    # our own dashboard port, announced to Ray Train's internals: with the default, a second Ray
+    # on this machine makes Train fail with "Found multiple active Ray instances"
+    port = free_loopback_port()
+    os.environ[LOCAL_MARKER] = "1"
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(
         num_cpus=max(int(num_cpus), 1),
         num_gpus=int(num_gpus),
         include_dashboard=True,
         dashboard_host="127.0.0.1",
+        dashboard_port=port,
         _node_ip_address="127.0.0.1",
         namespace="deepsad",
         # a CPU-free resource for the driver of a Ray Train trial (a bundle of {"CPU": 0} alone is
@@ -119,13 +135,22 @@ def local_ray(
     )
     if sweep_dir is not None:
         ctx = ray.get_runtime_context()
-        info = {"pid": os.getpid(), "session_dir": getattr(ctx, "session_dir", None) or _session_dir(),
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "session_dir": getattr(ctx, "session_dir", None) or _session_dir(),
                 "started_at": datetime.now(UTC).isoformat()}
         sweep_dir.write_bytes(json.dumps(info).encode(), "driver.json")
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _session_dir() -> str | None:
@@ -146,6 +171,8 @@ def reap_stale_ray(sweep_dir: Storage) -> int:
     if not sweep_dir.exists("driver.json"):
         return 0
     info = json.loads(sweep_dir.read_bytes("driver.json"))
+    if info.get("host", socket.gethostname()) != socket.gethostname():
+        return 0  # the last driver ran on another machine: nothing of it runs here
     session, pid = info.get("session_dir"), int(info.get("pid", 0))
     if pid and _alive(pid):
         raise StorageError(f"sweep {sweep_dir.uri}: its driver (pid {pid}) is still running")
@@ -322,10 +349,11 @@ def tune_trial(config: dict[str, Any], payload: SweepPayload) -> None:
 def _run_data_parallel(trials: list[TrialConfig], ctx: Any, payload: SweepPayload, spec: SweepSpec) -> None:
     """Run the trial on ``workers_per_trial`` Ray Train workers (gloo on CPU, NCCL on GPU)."""
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     res = spec.resources
+    train_dir = Storage.from_uri(payload.storage_uri).child("train")
     per_worker = {"CPU": res.cpus_per_trial}
     if res.gpus_per_trial:
         per_worker["GPU"] = res.gpus_per_trial
@@ -333,19 +361,32 @@ def _run_data_parallel(trials: list[TrialConfig], ctx: Any, payload: SweepPayloa
         _train_worker,
         train_loop_config={"trials": [t.to_dict() for t in trials], "ctx": ctx.__dict__,
                            "lock": payload.lock_name},
-        torch_config=TorchConfig(backend="nccl" if res.gpus_per_trial else "gloo"),
+        torch_config=_torch_config("nccl" if res.gpus_per_trial else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=res.workers_per_trial,
                                                use_gpu=bool(res.gpus_per_trial), resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             # a stable name under a stable path: a retried or resumed trial finds its Train run again
             name=f"train-{trials[0].key}",
-            storage_path=payload.train_storage,
+            storage_path=train_dir.root,
+            storage_filesystem=train_dir.filesystem,
             failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],  # type: ignore[list-item]
         ),
     )
     trainer.fit()
+
+
+def _torch_config(backend: str) -> Any:
+    """On the local Ray we started, keep torch's rendezvous on 127.0.0.1 (the stock one listens on
+    every interface); on a cluster the workers need the stock, routable one."""
+    from ray.train.torch import TorchConfig
+
+    if os.environ.get(LOCAL_MARKER) == "1":
+        from orchestration.loopback import LoopbackTorchConfig
+
+        return LoopbackTorchConfig(backend=backend)
+    return TorchConfig(backend=backend)
 
 
 def _train_worker(config: dict[str, Any]) -> None:
@@ -425,6 +466,16 @@ def _store_callback(payload: SweepPayload) -> Any:
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             self.inner.on_trial_complete(trial)
+            self._push()
+
+        def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+            self._push()
+
+        def _push(self) -> None:
+            from orchestration.search import push_study
+
+            with contextlib.suppress(Exception):  # best effort: the study is pushed again at the end
+                push_study(Storage.from_uri(payload.storage_uri))
 
     return _Callback()
 
@@ -464,53 +515,24 @@ def prepare(spec_path: Path, storage: str | None) -> Prepared:
     spec = load_spec(spec_path)
     text = Path(spec_path).read_text(encoding="utf-8")
     cells = validate_spec(spec)
-    root = Storage.from_uri(storage or spec.storage or "runs/sweeps")
-    root.check_writable()
+    try:
+        root = Storage.from_uri(storage or spec.storage or "runs/sweeps")
+        root.check_writable()
+    except StorageError as e:
+        # say where the location came from: the flag, the sweep file, or the default
+        where = "--storage" if storage else f"{spec.source}: storage" if spec.storage else "default storage"
+        raise StorageError(f"{where}: {e}") from e
     sweep_dir = root.child(spec.name)
     finished = ResultStore(sweep_dir).finished_keys()
     pending = [] if spec.search.algorithm == "tpe" else [c for c in cells if c.key not in finished]
     return Prepared(spec, text, sweep_dir, cells, pending, finished)
 
 
-def _optuna_space(spec: SweepSpec) -> dict[str, Any]:
-    import optuna.distributions as od
-
-    from orchestration.spec import Choice, IntUniform, LogUniform, Uniform
-
-    space: dict[str, Any] = {}
-    for key, d in spec.search.space.items():
-        if isinstance(d, LogUniform):
-            space[key] = od.FloatDistribution(d.low, d.high, log=True)
-        elif isinstance(d, Uniform):
-            space[key] = od.FloatDistribution(d.low, d.high)
-        elif isinstance(d, IntUniform):
-            space[key] = od.IntDistribution(d.low, d.high)
-        elif isinstance(d, Choice):
-            space[key] = od.CategoricalDistribution(list(d.values))
-    return space
-
-
-def _study(spec: SweepSpec, sweep_dir: Storage) -> tuple[Any, str, int]:
-    """The sweep's Optuna study (sqlite in the sweep dir): storage, study name, finished configurations."""
-    import optuna
-
-    sweep_dir.write_bytes(b"", ".keep")  # make sure the directory exists for sqlite
-    url = f"sqlite:///{sweep_dir.path(STUDY_FILE)}"
-    storage = optuna.storages.RDBStorage(url=url)
-    name = spec.name
-    done = 0
-    with contextlib.suppress(KeyError):
-        study = optuna.load_study(study_name=name, storage=storage)
-        done = sum(1 for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
-    return storage, name, done
-
-
 def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list[Any]) -> Any:
-    import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import Repeater
-    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestration.search import search_algorithm
 
     spec, res = prep.spec, prep.spec.resources
     metric, mode = spec.search.objective.metric, spec.search.objective.mode
@@ -529,15 +551,8 @@ def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list
     search_alg: Any = None
     param_space: dict[str, Any]
     if spec.search.algorithm == "tpe":
-        storage, study_name, done = _study(spec, prep.sweep_dir)
-        remaining = max((spec.search.num_trials or 0) - done, 0)
-        optuna_search = OptunaSearch(
-            space=_optuna_space(spec), metric=metric, mode=mode, study_name=study_name, storage=storage,
-            sampler=optuna.samplers.TPESampler(seed=spec.search.seed),
-        )
-        # every suggestion runs once per seed; Optuna learns from the mean over seeds
-        search_alg = Repeater(optuna_search, repeat=len(spec.seeds), set_index=True)
-        num_samples, param_space = remaining * len(spec.seeds), {}
+        search_alg, num_samples = search_algorithm(spec, prep.sweep_dir)
+        param_space = {}
     else:
         num_samples, param_space = 1, {"cell": tune.grid_search([c.key for c in prep.pending])}
     return tune.Tuner(
@@ -548,6 +563,7 @@ def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list
         run_config=tune.RunConfig(
             name=run_name,
             storage_path=prep.sweep_dir.path("tune"),
+            storage_filesystem=prep.sweep_dir.filesystem,
             failure_config=tune.FailureConfig(max_failures=res.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
@@ -561,7 +577,6 @@ def _payload(prep: Prepared) -> SweepPayload:
         name=prep.spec.name, storage_uri=prep.sweep_dir.uri, spec_text=prep.spec_text,
         source=str(prep.spec.source), base_dir=prep.spec.base_dir,
         cells={c.key: c.to_dict() for c in prep.pending}, lock_name=f"ae-cache-lock:{prep.sweep_dir.uri}",
-        train_storage=prep.sweep_dir.path("train"),
     )
 
 
@@ -589,7 +604,9 @@ def run_sweep(prep: Prepared, *, resume: bool, progress: Callable[[str], None]) 
         progress(f"nothing to do: all {len(prep.cells)} trials of {spec.name} are finished")
         return ResultStore(prep.sweep_dir).summary()
     if not resume and spec.search.algorithm == "tpe" and prep.sweep_dir.exists(STUDY_FILE):
-        done = _study(spec, prep.sweep_dir)[2]
+        from orchestration.search import study_storage
+
+        done = study_storage(spec, prep.sweep_dir)[1]
         if done >= (spec.search.num_trials or 0):
             progress(f"nothing to do: the study of {spec.name} already has {done} finished configurations")
             return ResultStore(prep.sweep_dir).summary()
@@ -620,12 +637,14 @@ def run_sweep(prep: Prepared, *, resume: bool, progress: Callable[[str], None]) 
         path = prep.sweep_dir.path("tune", run_name)
         if resume:
             tuner = tune.Tuner.restore(path, trainable=_restore_trainable(payload, spec), resume_errored=True,
-                                       restart_errored=False)
+                                       restart_errored=False, storage_filesystem=prep.sweep_dir.filesystem)
             progress(f"resuming {spec.name} from {path}")
         else:
             tuner = _tuner(prep, payload, run_name, callbacks)
         try:
-            tuner.fit()
+            with _graceful_ctrl_c() as caught:
+                tuner.fit()
+            interrupted = caught[0]
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -634,6 +653,35 @@ def run_sweep(prep: Prepared, *, resume: bool, progress: Callable[[str], None]) 
     if interrupted:
         raise KeyboardInterrupt
     return summary
+
+
+@contextlib.contextmanager
+def _graceful_ctrl_c() -> Iterator[list[bool]]:
+    """Note a Ctrl-C during ``Tuner.fit`` (``caught[0]``) and have Tune stop gracefully.
+
+    Tune's own SIGINT handler stops the run and then lets ``fit`` *return* as if the sweep were done,
+    so the caller cannot tell. Tune stops the same way on SIGUSR1, so we take SIGINT ourselves and
+    forward it. A second Ctrl-C (or one before Tune listens) raises KeyboardInterrupt at once.
+    """
+    caught = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield caught  # signal handlers can only be set in the main thread
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        tune_listens = signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+        if caught[0] or not tune_listens:
+            raise KeyboardInterrupt
+        caught[0] = True
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # read by Tune when fit() starts
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield caught
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _total(prep: Prepared) -> int:

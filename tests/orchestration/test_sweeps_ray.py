@@ -171,3 +171,18 @@ def test_two_train_workers_match_one_worker(tmp_path: Path) -> None:
     assert a["trial_key"] == b["trial_key"] and (a["workers"], b["workers"]) == (1, 2)
     assert b["val_auroc"] == pytest.approx(a["val_auroc"], abs=1e-3)
     assert b["test_auroc"] == pytest.approx(a["test_auroc"], abs=1e-3)
+
+
+def test_asha_stops_weak_trials_without_deadlock(tmp_path: Path) -> None:
+    # a 0-epoch grace period rung at epoch 1 and eta values far apart: ASHA stops some trials early
+    spec = write_spec(tmp_path, small_spec(
+        "asha", train__epochs=8,
+        search__space={"eta": {"distribution": "choice", "values": [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0]}},
+        search__scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3}))
+    run = cli(["sweep", "submit", str(spec), "--storage", str(tmp_path / "s")], cwd=tmp_path, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = rows(tmp_path / "s", "asha")
+    assert len(got) == 6 and {r["status"] for r in got} <= {"finished", "stopped"}
+    for r in got:
+        assert r["val_auroc"] is not None
+        assert (r["epochs_done"] == 8) == (r["status"] == "finished")
