@@ -7,9 +7,10 @@ the split fingerprint (itself a hash over the data bytes), so a changed data set
 hit a stale entry.
 
 Layout under the sweep's storage: ``cache/ae/<key>/`` holding a :mod:`deepsad.checkpoint` bundle of
-kind ``"autoencoder"``. Uploads write ``meta.json`` last, so an entry without it is torn (an upload
-that died) and counts as absent. Coordination of trials that want the same entry at the same time (a
-lock, so that only one trains it) lives above this module.
+kind ``"autoencoder"``. Uploads write ``MANIFEST.json`` last (see :meth:`Storage.upload_dir`), so an
+entry without it is torn (an upload that died, or one still running) and counts as absent.
+Coordination of trials that want the same entry at the same time (a lock, so that only one trains it)
+lives above this module.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 
 from deepsad.checkpoint import META_FILE, load_bundle, read_bundle_meta, save_bundle
 from deepsad.errors import CheckpointError, StorageError
-from orchestration.storage import Storage
+from orchestration.storage import IncompleteUploadError, Storage
 
 KIND = "autoencoder"
 _KEY = re.compile(r"[0-9a-f]{24}")
@@ -68,8 +69,8 @@ class AECache:
         return self.storage.child(_check_key(key)).uri
 
     def exists(self, key: str) -> bool:
-        """Whether a complete entry (its ``meta.json`` written) exists."""
-        return self.storage.exists(_check_key(key), META_FILE)
+        """Whether a complete entry (its manifest written) exists."""
+        return self.storage.is_complete(_check_key(key))
 
     def get(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """The cached ``(state_dict, meta)`` of ``key`` on CPU, or None if absent or torn.
@@ -82,8 +83,9 @@ class AECache:
         if not self.exists(key):
             return None
         with tempfile.TemporaryDirectory(prefix="deepsad-ae-") as tmp:
-            local = self.storage.download_dir(Path(tmp) / key, key)
-            if not (local / META_FILE).is_file():
+            try:
+                local = self.storage.download_dir(Path(tmp) / key, key)
+            except IncompleteUploadError:
                 return None  # deleted or being rewritten between our check and the download
             try:
                 return load_bundle(local, kind=KIND)
@@ -117,8 +119,7 @@ class AECache:
     def delete(self, key: str) -> None:
         """Remove the entry ``key`` (e.g. after an IntegrityError); a missing one is fine."""
         key = _check_key(key)
-        # meta.json first: a concurrent reader then sees a torn (absent) entry, never half of one.
-        self.storage.delete(key, META_FILE)
+        # Storage.delete removes the manifest first: a concurrent reader sees an absent entry, not half of one.
         self.storage.delete(key)
 
     def entries(self) -> list[dict[str, Any]]:
@@ -128,7 +129,7 @@ class AECache:
         """
         out = []
         for name in self.storage.list():
-            if not _KEY.fullmatch(name) or not self.storage.exists(name, META_FILE):
+            if not _KEY.fullmatch(name) or not self.storage.is_complete(name):
                 continue
             record = self._meta_record(name)
             out.append({**record["meta"], "key": name, "tensors_bytes": record["tensors_bytes"]})

@@ -671,7 +671,9 @@ class SweepPlan:
         return lines
 
 
-def make_plan(spec: SweepSpec, cells: Sequence[TrialConfig] | None = None) -> SweepPlan:
+def make_plan(
+    spec: SweepSpec, cells: Sequence[TrialConfig] | None = None, *, storage: str | None = None
+) -> SweepPlan:
     """Summarise ``spec``; ``cells`` (from :func:`enumerate_cells`/:func:`validate_spec`) saves
     building them again for grid and random.
 
@@ -700,7 +702,7 @@ def make_plan(spec: SweepSpec, cells: Sequence[TrialConfig] | None = None) -> Sw
     if search.scheduler is not None:
         s = search.scheduler
         scheduler = f"ASHA (grace period {s.grace_period} epochs, reduction factor {s.reduction_factor:g})"
-    storage = spec.storage if spec.storage is not None else DEFAULT_STORAGE
+    storage = storage or (spec.storage if spec.storage is not None else DEFAULT_STORAGE)
     return SweepPlan(
         name=spec.name,
         source=spec.source,

@@ -152,7 +152,7 @@ def _run_one(trial: TrialConfig, reporter: Reporter, ctx: RunContext, lock: Cach
             snapshot.meta["cache_info"] = dict(cache_info)  # a resumed trial still knows it hit the cache
         extra = {"trial_key": trial.key, "attempt": attempt}
         reporter.report(_with_state(report.phase, report, extra), snapshot)
-        if main:
+        if main and snapshot is not None:  # with the checkpoint, not every epoch: the file is rewritten whole
             store.write_epochs(trial.key, [_epoch_row(trial.key, attempt, r) for r in _history(state, epochs)])
 
     ae_state, cache, ae_history = _autoencoder(trial, cfg, split, state, ctx, sweep_storage, lock, on_epoch, reporter)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.s3_servers"]
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -12,7 +12,7 @@ app = typer.Typer(help="Run hyperparameter sweeps of Deep SAD on Ray Tune.", no_
 results_app = typer.Typer(help="Inspect a sweep's results.", no_args_is_help=True)
 
 StorageOpt = Annotated[
-    str | None, typer.Option("--storage", help="Sweep storage: a directory (default runs/sweeps).")
+    str | None, typer.Option("--storage", help="Sweep storage: a directory (default runs/sweeps) or s3://bucket/prefix.")
 ]
 
 
@@ -27,7 +27,8 @@ def submit(
     from orchestration.runner import prepare
 
     prep = prepare(spec, storage)
-    plan = make_plan(prep.spec, prep.cells if prep.spec.search.algorithm != "tpe" else None)
+    plan = make_plan(prep.spec, prep.cells if prep.spec.search.algorithm != "tpe" else None,
+                     storage=prep.sweep_dir.uri.rsplit("/", 1)[0])
     for line in plan.describe():
         typer.echo(line)
     if prep.spec.search.algorithm != "tpe":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from deepsad.errors import CheckpointError, IntegrityError, StorageError
 from deepsad.networks import NetConfig, build_autoencoder
 from orchestration.cache import AECache, ae_cache_key
-from orchestration.storage import Storage
+from orchestration.storage import MANIFEST_FILE, Storage
 
 FP = "ab" * 32
 
@@ -79,7 +80,7 @@ def test_torn_entry_counts_as_absent(
 ) -> None:
     key = ae_cache_key("ae", FP)
     cache.put(key, state_dict, meta())
-    (tmp_path / "sweep" / "cache" / "ae" / key / "meta.json").unlink()  # an upload that died before meta.json
+    (tmp_path / "sweep" / "cache" / "ae" / key / "MANIFEST.json").unlink()  # an upload that died before its manifest
     assert not cache.exists(key)
     assert cache.get(key) is None
     assert cache.entries() == []
@@ -108,9 +109,15 @@ def test_other_kind_of_bundle_is_refused(
 ) -> None:
     key = ae_cache_key("ae", FP)
     cache.put(key, state_dict, meta())
-    meta_path = tmp_path / "sweep" / "cache" / "ae" / key / "meta.json"
-    record = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps({**record, "kind": "deepsad-model"}))
+    # A complete, well-formed upload (its manifest matches) of a bundle of another kind: an in-place edit
+    # of meta.json would be caught earlier, by the manifest's sha256.
+    other = tmp_path / "other"
+    shutil.copytree(
+        tmp_path / "sweep" / "cache" / "ae" / key, other, ignore=shutil.ignore_patterns(MANIFEST_FILE)
+    )
+    record = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**record, "kind": "deepsad-model"}))
+    cache.storage.upload_dir(other, key)
     with pytest.raises(CheckpointError, match="expected 'autoencoder'"):
         cache.get(key)
     with pytest.raises(CheckpointError, match=rf"^{cache.uri(key)}/meta.json: checkpoint kind is"):
