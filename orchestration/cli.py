@@ -16,6 +16,7 @@ import typer
 from deepsad.errors import DeepSADError
 from orchestration.commands import data as data_commands
 from orchestration.commands import deploy as deploy_commands
+from orchestration.commands import report as report_commands
 from orchestration.commands import sweep as sweep_commands
 from orchestration.commands import train as train_commands
 
@@ -31,6 +32,7 @@ app.add_typer(sweep_commands.app, name="sweep")
 app.add_typer(sweep_commands.results_app, name="results")
 train_commands.register(app)
 deploy_commands.register(app)
+report_commands.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -89,6 +89,13 @@ TRIAL_SCHEMA = _schema(
         pa.field("bf16", pa.bool_()),
         pa.field("reference_compat", pa.bool_()),
         pa.field("params_json", pa.string()),  # the searched parameters, canonical JSON
+        # ablation cells (null on rows of plain sweeps and on rows written before ablations existed)
+        pa.field("method", pa.string()),  # deepsad | deepsvdd | isoforest | ocsvm; null reads as deepsad
+        pa.field("policy", pa.string()),  # fixed | tuned | search
+        pa.field("cell", pa.string()),  # short id of the cell: its axis values + seed + method
+        pa.field("axes_json", pa.string()),  # the cell's axis values, canonical JSON
+        pa.field("selected", pa.bool_()),  # tuned: the inner trial chosen on validation; fixed: true
+        pa.field("inner_trial", pa.int64()),  # tuned: 0..budget-1
         # outcome
         pa.field("fingerprint", pa.string()),  # of the semi-supervised split
         pa.field("val_auroc", pa.float64()),
