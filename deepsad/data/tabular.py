@@ -108,7 +108,8 @@ def _load_npz(path: Path) -> Dataset:
     )
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether a CSV cell parses as a float (a header row has cells that do not)."""
     try:
         float(text)
     except ValueError:
@@ -127,7 +128,7 @@ def _load_csv(path: Path) -> Dataset:
         raise DataError(f"{path}: no data rows")
     header: list[str] | None = None
     # A first row with any non-numeric cell is a header (a missing cell alone does not make one).
-    if any(c and not _is_number(c) for c in rows[0][1]):
+    if any(c and not is_number(c) for c in rows[0][1]):
         header = rows[0][1]
         rows = rows[1:]
     if not rows:

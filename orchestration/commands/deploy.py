@@ -231,22 +231,17 @@ def _read_csv(path: Path) -> pa.Table:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
+    from deepsad.data.tabular import is_number
+
     try:
         table = pcsv.read_csv(path)
-        if table.num_columns and all(_is_number(c) for c in table.column_names):
+        if table.num_columns and all(is_number(c) for c in table.column_names):
             # no header: the first row is data
             table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(autogenerate_column_names=True))
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"{path}: not a readable CSV file ({_first_line(e)})") from e
     return table
 
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _table_features(table: pa.Table, path: Path) -> np.ndarray:
