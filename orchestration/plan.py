@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from deepsad.data.dataset import Dataset
     from deepsad.data.splits import Protocol
     from deepsad.training import OptimConfig, TrainConfig
+    from orchestration.ablation import AblationPlan
 
 # Bump when the meaning of a key's inputs changes (old results then stop matching new trials).
 TRIAL_KEY_VERSION = "deepsad-trial-v1"
@@ -672,14 +673,18 @@ class SweepPlan:
 
 
 def make_plan(
-    spec: SweepSpec, cells: Sequence[TrialConfig] | None = None, *, storage: str | None = None
-) -> SweepPlan:
-    """Summarise ``spec``; ``cells`` (from :func:`enumerate_cells`/:func:`validate_spec`) saves
-    building them again for grid and random.
+    spec: SweepSpec, cells: Sequence[Any] | None = None, *, storage: str | None = None
+) -> SweepPlan | AblationPlan:
+    """Summarise ``spec``; ``cells`` (from :func:`enumerate_cells`/:func:`validate_spec`, or the units
+    of :func:`orchestration.ablation.validate_ablation`) saves building them again.
 
     Raises:
         ConfigError: as :func:`enumerate_cells`.
     """
+    if spec.ablation is not None:
+        from orchestration.ablation import ablation_plan
+
+        return ablation_plan(spec, cells, storage=storage)
     search, r = spec.search, spec.resources
     seeds = tuple(spec.seeds)
     if search.algorithm == "tpe":

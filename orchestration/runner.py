@@ -25,10 +25,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepsad.errors import StorageError
 from orchestration.plan import TrialConfig, build_trial, check_resources, enumerate_cells, validate_spec
+
+if TYPE_CHECKING:
+    from orchestration.ablation import AblationUnit
 from orchestration.results import ResultStore
 from orchestration.spec import SweepSpec, parse_spec
 from orchestration.storage import Storage
@@ -78,12 +81,19 @@ class SweepPayload:
     base_dir: str  # where relative paths in the spec are resolved (the submitting command's cwd)
     cells: dict[str, dict[str, Any]] = field(default_factory=dict)  # grid/random: key -> TrialConfig dict
     lock_name: str = ""
+    ablation: bool = False  # cells are AblationUnit dicts
     # Ray Train runs (workers_per_trial > 1) live under <sweep>/train: a stable location, so a retried
     # or resumed trial finds its Train run again
 
     @property
     def spec(self) -> SweepSpec:
         return parse_spec(self.spec_text, self.source, base_dir=self.base_dir)
+
+    def unit_for(self, config: dict[str, Any]) -> AblationUnit:
+        """The ablation unit of one Tune trial."""
+        from orchestration.ablation import AblationUnit
+
+        return AblationUnit.from_dict(self.cells[config["cell"]])
 
     def trials_for(self, config: dict[str, Any]) -> list[TrialConfig]:
         """The trial configurations of one Tune trial (a list of one today)."""
@@ -337,11 +347,16 @@ def tune_trial(config: dict[str, Any], payload: SweepPayload) -> None:
 
     from orchestration.trainable import RunContext, execute
 
-    trials = payload.trials_for(config)
     spec = payload.spec
     ctx = RunContext(sweep=payload.name, storage_uri=payload.storage_uri,
                      trial_id=tune.get_context().get_trial_id(),
                      checkpoint_interval_s=spec.resources.checkpoint_interval_s)
+    if payload.ablation:  # one process per unit (the spec allows no Ray Train workers here)
+        from orchestration.trainable import execute_unit
+
+        execute_unit(payload.unit_for(config), TuneReporter(), ctx, lock=RayCacheLock(payload.lock_name))
+        return
+    trials = payload.trials_for(config)
     if spec.resources.workers_per_trial == 1:
         execute(trials, TuneReporter(), ctx, lock=RayCacheLock(payload.lock_name))
         return
@@ -415,6 +430,14 @@ class StoreCallback:
             return None
 
     def _write(self, trial: Any, status: str, error: str | None) -> None:
+        if self.payload.ablation:
+            from orchestration.ablation import record_unit_end
+
+            with contextlib.suppress(KeyError):  # a cell of another run: nothing of ours to record
+                record_unit_end(self.payload.name, Storage.from_uri(self.payload.storage_uri),
+                                self.payload.unit_for(trial.config), trial_id=trial.trial_id, status=status,
+                                error=error, last=trial.last_result or {})
+            return
         cfg = self._trial(trial)
         if cfg is None:
             return
@@ -492,8 +515,9 @@ class Prepared:
     spec: SweepSpec
     spec_text: str
     sweep_dir: Storage
-    cells: list[TrialConfig]  # grid/random: every cell; tpe: the probe trials that were validated
-    pending: list[TrialConfig]  # grid/random: cells without a finished row
+    # grid/random: every cell; tpe: the probe trials that were validated; ablation: every unit
+    cells: list[Any]
+    pending: list[Any]  # grid/random: cells without a finished row; ablation: units not done
     finished: set[str]
 
 
@@ -516,7 +540,13 @@ def prepare(spec_path: Path, storage: str | None) -> Prepared:
 
     spec = load_spec(spec_path)
     text = Path(spec_path).read_text(encoding="utf-8")
-    cells = validate_spec(spec)
+    cells: list[Any]
+    if spec.ablation is not None:
+        from orchestration.ablation import validate_ablation
+
+        cells = validate_ablation(spec)
+    else:
+        cells = validate_spec(spec)
     check_resources(spec, *_machine())
     try:
         root = Storage.from_uri(storage or spec.storage or "runs/sweeps")
@@ -526,9 +556,19 @@ def prepare(spec_path: Path, storage: str | None) -> Prepared:
         where = "--storage" if storage else f"{spec.source}: storage" if spec.storage else "default storage"
         raise StorageError(f"{where}: {e}") from e
     sweep_dir = root.child(spec.name)
-    finished = ResultStore(sweep_dir).finished_keys()
+    finished = _finished(spec, sweep_dir)
     pending = [] if spec.search.algorithm == "tpe" else [c for c in cells if c.key not in finished]
     return Prepared(spec, text, sweep_dir, cells, pending, finished)
+
+
+def _finished(spec: SweepSpec, sweep_dir: Storage) -> set[str]:
+    """Keys of the finished trials (ablation: of the units whose selected row is finished)."""
+    store = ResultStore(sweep_dir)
+    if spec.ablation is not None:
+        from orchestration.ablation import done_units
+
+        return done_units(store)
+    return store.finished_keys()
 
 
 def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list[Any]) -> Any:
@@ -582,7 +622,9 @@ def _payload(prep: Prepared) -> SweepPayload:
     return SweepPayload(
         name=prep.spec.name, storage_uri=prep.sweep_dir.uri, spec_text=prep.spec_text,
         source=str(prep.spec.source), base_dir=prep.spec.base_dir,
-        cells={c.key: c.to_dict() for c in prep.pending}, lock_name=f"ae-cache-lock:{prep.sweep_dir.uri}",
+        # ablation: every unit, so that a restored Tune trial of a unit done meanwhile finds it (and skips)
+        cells={c.key: c.to_dict() for c in (prep.cells if prep.spec.ablation is not None else prep.pending)},
+        lock_name=f"ae-cache-lock:{prep.sweep_dir.uri}", ablation=prep.spec.ablation is not None,
     )
 
 
@@ -720,7 +762,13 @@ def load_submitted(name: str, storage: str | None) -> Prepared:
     submission = json.loads(sweep_dir.read_bytes("submission.json")) if sweep_dir.exists("submission.json") else {}
     spec = parse_spec(text, submission.get("source", f"{sweep_dir.uri}/{SPEC_FILE}"),
                       base_dir=submission.get("base_dir"))
-    finished = ResultStore(sweep_dir).finished_keys()
-    cells = [] if spec.search.algorithm == "tpe" else enumerate_cells(spec)
+    finished = _finished(spec, sweep_dir)
+    cells: list[Any]
+    if spec.ablation is not None:
+        from orchestration.ablation import expand_units
+
+        cells = expand_units(spec)
+    else:
+        cells = [] if spec.search.algorithm == "tpe" else enumerate_cells(spec)
     pending = [c for c in cells if c.key not in finished]
     return Prepared(spec, text, sweep_dir, cells, pending, finished)

@@ -11,8 +11,17 @@ is reported at once, one line each, as ``<file>: <dotted.field>: <message> (got 
    bounds, grid vs. sampled search, ``device`` vs. ``gpus_per_trial``. A check runs when the
    sections it reads passed pass 1, so most problems still show up together.
 
-Nothing here loads data or trains: :func:`orchestration.plan.validate_spec` does the checks that need
-the data. Paths in the file (``data.dataset`` files, ``data.data_dir``, ``storage``) are relative to
+An ``ablation:`` section (see :class:`AblationSpec`) turns a file into a grid of *cells*: the product of
+its axes (protocol fields, data sets) × ``seeds`` × ``methods``, each run once (one Tune trial). With it,
+``search`` is optional and reads as a grid over the cells: ``algorithm`` may only be absent (or
+``grid``), ``num_trials`` and ``scheduler`` must be absent, and ``search.space`` is what policy ``tuned``
+tunes inside each cell (required then; not allowed with policy ``fixed``, which trains the file's own
+hyperparameters). ``protocol`` and ``data`` may leave out the fields an axis gives (giving one in both
+places is an error); when ``normal_classes`` and ``known_anomaly_classes`` are both axes, the
+combinations where they overlap are left out of the grid.
+
+Nothing here loads data or trains: :func:`orchestration.plan.validate_spec` (and
+:func:`orchestration.ablation.validate_ablation`) do the checks that need the data. Paths in the file (``data.dataset`` files, ``data.data_dir``, ``storage``) are relative to
 the *current directory* of the command (:attr:`SweepSpec.base_dir`), not to the sweep file, so that
 ``data_dir: ../shared/data`` means the same in every sweep file. This module imports only pydantic
 and yaml at module level (the CLI imports it while building ``--help``); the core is imported when
@@ -143,6 +152,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def dataset_name(v: str) -> str:
+    """A registry name (aliases resolved) or a data file path, as given; ValueError for anything else."""
+    if is_data_file(v):
+        return v
+    from deepsad.data.sources import ALIASES, DATASETS
+
+    key = v.strip().lower()
+    key = ALIASES.get(key, key)
+    if key in DATASETS:
+        return key
+    near = difflib.get_close_matches(key, [*DATASETS, *ALIASES], n=1)
+    hint = f"did you mean {near[0]}? " if near else ""
+    raise ValueError(f"unknown data set; {hint}known: {', '.join(DATASETS)}, or a .npz/.csv file path")
+
+
 class DataSpec(_Section):
     """``data``: a registry name (aliases resolve to it) or a ``.npz``/``.csv`` path, and its directory."""
 
@@ -152,17 +176,7 @@ class DataSpec(_Section):
     @field_validator("dataset")
     @classmethod
     def _known(cls, v: str) -> str:
-        if is_data_file(v):
-            return v
-        from deepsad.data.sources import ALIASES, DATASETS
-
-        key = v.strip().lower()
-        key = ALIASES.get(key, key)
-        if key in DATASETS:
-            return key
-        near = difflib.get_close_matches(key, [*DATASETS, *ALIASES], n=1)
-        hint = f"did you mean {near[0]}? " if near else ""
-        raise ValueError(f"unknown data set; {hint}known: {', '.join(DATASETS)}, or a .npz/.csv file path")
+        return dataset_name(v)
 
 
 class ProtocolSpec(_Section):
@@ -300,13 +314,6 @@ class SearchSpec(_Section):
     objective: ObjectiveSpec = ObjectiveSpec()
     scheduler: SchedulerSpec | None = None
 
-    @field_validator("space")
-    @classmethod
-    def _not_empty(cls, v: SpaceSpec) -> SpaceSpec:
-        if not v.items():
-            raise ValueError(f"empty — nothing to search; give at least one of {', '.join(SPACE_KEYS)}")
-        return v
-
 
 class ResourcesSpec(_Section):
     cpus_per_trial: Float = Field(default=1.0, gt=0)
@@ -326,6 +333,68 @@ class ResourcesSpec(_Section):
         return v
 
 
+Method = Literal["deepsad", "deepsvdd", "isoforest", "ocsvm"]
+METHODS: tuple[str, ...] = ("deepsad", "deepsvdd", "isoforest", "ocsvm")
+#: The ablation axes, in the order the grid nests them (the last varies fastest).
+AXES: tuple[str, ...] = (
+    "dataset", "normal_classes", "known_anomaly_classes", "n_known_outlier_classes",
+    "n_labeled_anomalies", "ratio_known_outlier", "ratio_pollution",
+)  # fmt: skip
+#: The axes that are fields of ``protocol``.
+PROTOCOL_AXES: tuple[str, ...] = AXES[1:]
+_Classes = tuple[Int, ...]
+
+
+class AxesSpec(_Section):
+    """``ablation.axes``: each a non-empty list of values without repeats; absent axes keep the
+    ``protocol``/``data`` value. ``known_anomaly_classes`` values may be ``null`` (drawn at random)."""
+
+    dataset: tuple[str, ...] | None = Field(default=None, min_length=1)
+    normal_classes: tuple[_Classes, ...] | None = Field(default=None, min_length=1)
+    known_anomaly_classes: tuple[_Classes | None, ...] | None = Field(default=None, min_length=1)
+    n_known_outlier_classes: tuple[Int, ...] | None = Field(default=None, min_length=1)
+    n_labeled_anomalies: tuple[Int, ...] | None = Field(default=None, min_length=1)
+    ratio_known_outlier: tuple[Float, ...] | None = Field(default=None, min_length=1)
+    ratio_pollution: tuple[Float, ...] | None = Field(default=None, min_length=1)
+
+    @field_validator("dataset")
+    @classmethod
+    def _datasets(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if v is None else tuple(dataset_name(d) for d in v)
+
+    @field_validator("*")
+    @classmethod
+    def _no_repeats(cls, v: Any) -> Any:
+        if v is not None:
+            repeated = [x for i, x in enumerate(v) if x in v[:i]]
+            if repeated:
+                raise ValueError(f"value {show(repeated[0])} is repeated")
+        return v
+
+    def items(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """The given axes and their values, in :data:`AXES` order."""
+        return [(k, v) for k in AXES if (v := getattr(self, k)) is not None]
+
+
+class AblationSpec(_Section):
+    """``ablation``: axes × seeds × methods form the cells; each cell trains the file's hyperparameters
+    (policy ``fixed``) or tunes ``search.space`` on its validation part with ``budget`` trainings
+    (policy ``tuned``; Deep SAD and Deep SVDD only — the baselines always choose their own)."""
+
+    axes: AxesSpec = AxesSpec()
+    methods: tuple[Method, ...] = Field(default=("deepsad",), min_length=1)
+    policy: Literal["fixed", "tuned"] = "fixed"
+    budget: Int | None = Field(default=None, ge=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = [m for i, m in enumerate(v) if m in v[:i]]
+        if repeated:
+            raise ValueError(f"method {repeated[0]} is repeated")
+        return v
+
+
 class SweepSpec(_Section):
     """A whole sweep file. Build it with :func:`load_spec` (or :func:`parse_spec`)."""
 
@@ -340,6 +409,7 @@ class SweepSpec(_Section):
     seeds: tuple[Annotated[Int, Field(ge=0)], ...] = Field(default=(0,), min_length=1)
     resources: ResourcesSpec = ResourcesSpec()
     storage: str | None = None
+    ablation: AblationSpec | None = None
 
     _source: str = PrivateAttr(default="<sweep>")
     _base_dir: str | None = PrivateAttr(default=None)
@@ -421,19 +491,53 @@ def parse_spec(text: str, source: str = "<sweep>", *, base_dir: str | Path | Non
         raise ConfigError(
             f"{source}: must be a mapping of sections (name, data, protocol, search, ...) (got {show(raw)})"
         )
+    given = _given(raw)
+    raw = _ablation_defaults(raw)
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
         problems = _structure_problems(e)
         bad = {str(err["loc"][0]) for err in e.errors() if err["loc"]}
-        problems += _consistency(_valid_sections(raw, bad))
+        problems += _consistency({**_valid_sections(raw, bad), "given": given})
         raise problems_error(source, problems) from None
-    problems = _consistency({name: getattr(spec, name) for name in SweepSpec.model_fields})
+    problems = _consistency({**{name: getattr(spec, name) for name in SweepSpec.model_fields}, "given": given})
     if problems:
         raise problems_error(source, problems)
     spec._source = source
     spec._base_dir = os.path.abspath(base_dir if base_dir is not None else os.getcwd())
     return spec
+
+
+def _given(raw: dict[str, Any]) -> dict[str, frozenset[str]]:
+    """The keys the file itself gives: top-level, and in ``search``, ``protocol`` and ``data``."""
+    out = {"": frozenset(raw)}
+    for name in ("search", "protocol", "data"):
+        section = raw.get(name)
+        out[name] = frozenset(section) if isinstance(section, dict) else frozenset()
+    return out
+
+
+def _ablation_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """With an ``ablation`` mapping: an absent ``search`` reads as a grid with nothing searched, and
+    ``protocol.normal_classes``/``data.dataset`` default to their axis' first value (each cell sets its
+    own), so the file need not repeat them. Other files are returned unchanged."""
+    ablation = raw.get("ablation")
+    if not isinstance(ablation, dict):
+        return raw
+    out = dict(raw)
+    search = out.get("search")
+    if search is None:
+        out["search"] = {"algorithm": "grid", "space": {}}
+    elif isinstance(search, dict) and "algorithm" not in search:
+        out["search"] = {"algorithm": "grid", **search}
+    axes = ablation.get("axes")
+    axes = axes if isinstance(axes, dict) else {}
+    for section, key in (("protocol", "normal_classes"), ("data", "dataset")):
+        current = out.get(section, {})
+        values = axes.get(key)
+        if isinstance(current, dict) and key not in current and isinstance(values, list) and values:
+            out[section] = {**current, key: values[0]}
+    return out
 
 
 def _valid_sections(raw: dict[str, Any], bad: set[str]) -> dict[str, Any]:
@@ -517,7 +621,7 @@ def _number(v: Any) -> str:
 
 
 def _unknown_field(path: str, siblings: list[str]) -> str:
-    if path == "protocol.seed":
+    if path in ("protocol.seed", "ablation.axes.seed"):
         return "unknown field; the split seeds come from the top-level `seeds` list"
     leaf = path.rsplit(".", 1)[-1]
     near = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
@@ -591,10 +695,52 @@ def _consistency(sections: dict[str, Any]) -> list[Problem]:
 def _protocol(s: dict[str, Any]) -> Iterator[Problem]:
     from deepsad.data.splits import Protocol
 
-    try:
-        Protocol(**s["protocol"].model_dump(), seed=0)
-    except ConfigError as e:
-        yield from protocol_problems(e)
+    ablation: AblationSpec | None = s.get("ablation")
+    if ablation is None or not any(k in PROTOCOL_AXES for k, _ in ablation.axes.items()):
+        try:
+            Protocol(**s["protocol"].model_dump(), seed=0)
+        except ConfigError as e:
+            yield from protocol_problems(e)
+        return
+    combos = list(protocol_combinations(s["protocol"], ablation.axes))
+    if not combos:
+        yield Problem("ablation.axes", "every normal_classes value overlaps every known_anomaly_classes value; "
+                      "no cell is left")  # fmt: skip
+    for combo in combos:
+        try:
+            Protocol(**{**s["protocol"].model_dump(), **{k: v for k, (_, v) in combo.items()}}, seed=0)
+        except ConfigError as e:
+            yield from (_on_axis(p, combo) for p in protocol_problems(e))
+
+
+def protocol_combinations(
+    protocol: ProtocolSpec, axes: AxesSpec
+) -> Iterator[dict[str, tuple[int, Any]]]:
+    """Every combination of the protocol axes as ``{axis: (index, value)}``, in grid order (last axis
+    fastest); combinations whose normal and known anomaly classes overlap are left out when both are
+    axes (when only one is, an overlap is an error of that value)."""
+    entries = [(k, v) for k, v in axes.items() if k in PROTOCOL_AXES]
+    for picks in itertools.product(*[list(enumerate(v)) for _, v in entries]):
+        combo = {k: pick for (k, _), pick in zip(entries, picks, strict=True)}
+        normal, known = combo.get("normal_classes"), combo.get("known_anomaly_classes")
+        if normal is not None and known is not None and set(normal[1]) & set(known[1] or ()):
+            continue
+        yield combo
+
+
+def _on_axis(problem: Problem, combo: Mapping[str, tuple[int, Any]]) -> Problem:
+    """A ``protocol.<field>`` problem as one of the axis value that caused it, when an axis set it."""
+    name = problem.field.removeprefix("protocol.")
+    head = name.split(" ", 1)[0]
+    if head == "known_anomaly_classes" and head not in combo and "normal_classes" in combo:
+        # the fixed known classes overlap this normal-classes value: the value is what to change
+        index, _ = combo["normal_classes"]
+        return Problem(f"ablation.axes.normal_classes[{index}]", f"protocol.{head}: {problem.message}")
+    if head not in combo:
+        return problem
+    index, _ = combo[head]
+    message = problem.message if name == head else f"{name}: {problem.message}"
+    return Problem(f"ablation.axes.{head}[{index}]", message)
 
 
 def protocol_problems(error: ConfigError) -> list[Problem]:
@@ -623,6 +769,12 @@ _KEY_BOUNDS: dict[str, tuple[str, float]] = {
 @_check("search")
 def _space(s: dict[str, Any]) -> Iterator[Problem]:
     search: SearchSpec = s["search"]
+    # "ablation" is missing from s when that section is broken: then neither kind of check is sure
+    ablation = s.get("ablation", _NO_VALUE)
+    if not search.space.items() and ablation is None:
+        yield Problem(
+            "search.space", f"empty — nothing to search; give at least one of {', '.join(SPACE_KEYS)}", {}
+        )
     for key, dist in search.space.items():
         at = f"search.space.{key}"
         op, bound = _KEY_BOUNDS[key]
@@ -661,6 +813,8 @@ def _space(s: dict[str, Any]) -> Iterator[Problem]:
         elif dist.high <= dist.low:
             yield Problem(f"{at}.high", f"must be > low ({show(dist.low)})", dist.high)
 
+    if ablation is not None:
+        return  # the cells are a grid whatever the space holds: see _ablation
     if search.algorithm == "grid":
         for key, dist in search.space.items():
             if not isinstance(dist, Choice):
@@ -729,20 +883,68 @@ def net_problem(message: str, rep_field: str) -> Problem:
 
 @_check("data", "net", "search")
 def _networks(s: dict[str, Any]) -> Iterator[Problem]:
-    dataset: str = s["data"].dataset
-    if is_data_file(dataset):
-        return  # the sample shape is known once the file is loaded: plan.validate_spec checks it
+    ablation: AblationSpec | None = s.get("ablation")
+    datasets = (ablation.axes.dataset if ablation is not None else None) or (s["data"].dataset,)
     from deepsad.networks import NetConfig
 
-    shape = REGISTRY_SAMPLE_SHAPES[dataset]
-    name, rep_dim, h_dims = net_fields(dataset, shape, s["net"])
-    for field, rep in rep_dim_candidates(s["search"].space, rep_dim):
+    for dataset in datasets:
+        if is_data_file(dataset):
+            continue  # the sample shape is known once the file is loaded: plan.validate_spec checks it
+        shape = REGISTRY_SAMPLE_SHAPES[dataset]
         try:
-            NetConfig(name=name, rep_dim=rep, input_shape=shape, h_dims=h_dims)
+            name, rep_dim, h_dims = net_fields(dataset, shape, s["net"])
         except ConfigError as e:
-            yield net_problem(str(e), field)
-            if field == "search.space.rep_dim":
-                break  # int_uniform: the first bad integer says it all
+            yield Problem("net.name", f"{dataset}: {e}")
+            continue
+        for field, rep in rep_dim_candidates(s["search"].space, rep_dim):
+            try:
+                NetConfig(name=name, rep_dim=rep, input_shape=shape, h_dims=h_dims)
+            except ConfigError as e:
+                yield net_problem(str(e), field)
+                if field == "search.space.rep_dim":
+                    break  # int_uniform: the first bad integer says it all
+
+
+@_check("ablation", "given")
+def _ablation(s: dict[str, Any]) -> Iterator[Problem]:
+    ablation: AblationSpec | None = s["ablation"]
+    if ablation is None:
+        return
+    given: dict[str, frozenset[str]] = s["given"]
+    has_search = "search" in given[""]
+    if ablation.policy == "tuned":
+        if not has_search:
+            yield Problem("ablation.policy", "tuned needs search.space: the hyperparameters to tune in each cell",
+                          "tuned")  # fmt: skip
+        if ablation.budget is None:
+            yield Problem("ablation.budget", "missing (required for policy tuned: the trainings per cell)")
+    else:
+        if has_search:
+            yield Problem("search", "policy fixed trains the file's own hyperparameters; remove search, or set "
+                          "ablation.policy: tuned")  # fmt: skip
+        if ablation.budget is not None:
+            yield Problem("ablation.budget", "only policy tuned has a budget; remove it", ablation.budget)
+    search = s.get("search")
+    if has_search and search is not None:
+        if search.algorithm != "grid":
+            yield Problem("search.algorithm", "an ablation runs its cells as a grid (policy tuned: a TPE study "
+                          "inside each cell); remove algorithm", search.algorithm)  # fmt: skip
+        if search.num_trials is not None:
+            yield Problem("search.num_trials", "ablation.budget sets the trainings per cell; remove num_trials",
+                          search.num_trials)  # fmt: skip
+        if search.scheduler is not None:
+            yield Problem("search.scheduler", "ablation cells train to the end; remove scheduler")
+        if ablation.policy == "tuned" and not search.space.items():
+            yield Problem("search.space", f"empty — nothing to tune; give at least one of {', '.join(SPACE_KEYS)}",
+                          {})  # fmt: skip
+    for axis, _ in ablation.axes.items():
+        section = "data" if axis == "dataset" else "protocol"
+        if axis in given[section]:
+            yield Problem(f"ablation.axes.{axis}", f"also given as {section}.{axis}; give it in one place")
+    resources = s.get("resources")
+    if resources is not None and resources.workers_per_trial > 1:
+        yield Problem("resources.workers_per_trial", "ablation cells run in one process each; must be 1",
+                      resources.workers_per_trial)  # fmt: skip
 
 
 def net_fields(
