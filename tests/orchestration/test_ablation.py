@@ -32,6 +32,7 @@ from orchestration.results import ResultStore
 from orchestration.spec import SweepSpec, parse_spec
 from orchestration.storage import Storage
 from orchestration.trainable import RunContext, execute_unit, without_labels
+from tests.conftest import REPO
 from tests.orchestration.test_trainable import FakeReporter
 
 SOURCE = "abl.yaml"
@@ -454,3 +455,12 @@ def test_the_driver_never_overwrites_a_done_unit(
         record_unit_end("abl", sweep_dir, u, trial_id="t", status="stopped", error=None, last={})
         assert store_of(root).row(u.key) == r
     assert done_units_of(store_of(root), units) == {u.key for u in units}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_file_is_valid(path: Path) -> None:
+    """Every file in sweeps/ passes the strict model (the data checks need data a user may lack)."""
+    from orchestration.spec import load_spec
+
+    spec = load_spec(path, base_dir=str(REPO))
+    assert spec.name == path.stem
