@@ -13,6 +13,10 @@ SHOWN = ["trial_key", "status", "seed", "eta", "rep_dim", "weight_decay", "lr", 
          "test_auroc", "test_ap", "epochs_done", "cache_hit", "total_seconds", "error"]
 
 
+ABLATION = ["method", "policy", "selected", "normal_classes", "ratio_known_outlier", "n_labeled_anomalies",
+            "ratio_pollution"]
+
+
 def _console() -> Any:
     from rich.console import Console
 
@@ -52,7 +56,8 @@ def status_table(prep: Any) -> None:
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1
     console = _console()
     counts = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "no trials yet"
-    console.print(f"[bold]{spec.name}[/] · {spec.search.algorithm} · {total} trials planned · {counts}")
+    kind = "ablation" if getattr(spec, "ablation", None) is not None else spec.search.algorithm
+    console.print(f"[bold]{spec.name}[/] · {kind} · {total} trials planned · {counts}")
     console.print(f"directory: {prep.sweep_dir.uri}")
     table = Table("trial", "status", "attempt", "seed", "params", spec.search.objective.metric, "epochs", "cache", "error")
     for r in rows:
@@ -81,7 +86,13 @@ def results_output(prep: Any, *, top: int | None, fmt: str) -> None:
         return
     from rich.table import Table
 
-    table = Table(*SHOWN)
+    # ablation rows also say which method and policy produced them, and whether they were selected
+    if any(r.get("method") for r in rows):
+        tuned = ("eta", "rep_dim", "weight_decay", "lr")  # the cell's axes matter more than fixed settings
+        shown = SHOWN[:2] + ABLATION + [c for c in SHOWN[2:] if c not in tuned]
+    else:
+        shown = SHOWN
+    table = Table(*shown)
     for r in rows:
-        table.add_row(*[_fmt(r.get(c)) for c in SHOWN])
+        table.add_row(*[_fmt(r.get(c)) for c in shown])
     _console().print(table)
