@@ -281,7 +281,7 @@ def save_bundle(
         _fsync(tmp / META_FILE)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         _fsync(tmp)
-        _swap_into_place(tmp, directory)
+        swap_into_place(tmp, directory)
     except OSError as e:
         raise StorageError(f"{directory}: cannot write checkpoint: {e.strerror or e}") from e
     finally:
@@ -315,7 +315,9 @@ def _is_bundle_or_empty(directory: Path) -> bool:
     return (directory / META_FILE).is_file() or not any(directory.iterdir())
 
 
-def _swap_into_place(tmp: Path, final: Path) -> None:
+def swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished directory ``tmp`` over ``final``: readers see the old one or the new one,
+    never a half-written one (the old one is renamed away first, then deleted)."""
     if final.exists():
         old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
         os.rename(final, old)

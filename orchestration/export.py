@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import platform
 import shutil
 import uuid
@@ -230,6 +229,8 @@ def export_model(
     selection = read_json(selection_path)
     val = rebuild_validation(model, selection, data_dir)
     spec = InputSpec.of_model(model)
+    from deepsad.checkpoint import swap_into_place  # the bundle format's atomic directory replace
+
     tmp = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:12]}"
     try:
         tmp.mkdir(parents=True)
@@ -244,7 +245,7 @@ def export_model(
         meta = _metadata(model, selection, spec, cal, fmt, artefact, max_rel, int(raw.shape[0]))
         (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_readme(meta), encoding="utf-8")
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     except OSError as e:
         raise StorageError(f"--out {out}: cannot write the export ({e.strerror or e})") from e
     finally:
@@ -400,17 +401,6 @@ def _metadata(
         "versions": {"trained_with": m.get("versions"), "exported_with": _versions()},
         "exported_at": datetime.now(UTC).isoformat(),
     }
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished export over ``out``: readers see the old export or the new, never half."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
 
 
 def _readme(meta: dict[str, Any]) -> str:

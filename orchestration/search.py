@@ -123,25 +123,26 @@ def study_path(sweep_dir: Storage) -> Path:
     if sweep_dir.is_local:
         sweep_dir.write_bytes(b"", ".keep")  # the directory must exist for sqlite
         return Path(sweep_dir.path(STUDY_FILE))
-    local = Path(tempfile.gettempdir()) / "deepsad-studies" / hashlib.sha256(sweep_dir.uri.encode()).hexdigest()[:16]
-    local.mkdir(parents=True, exist_ok=True)
+    local = _working_copy(sweep_dir)
+    local.parent.mkdir(parents=True, exist_ok=True)
     if sweep_dir.exists(STUDY_FILE):
-        (local / STUDY_FILE).write_bytes(sweep_dir.read_bytes(STUDY_FILE))
-    return local / STUDY_FILE
+        local.write_bytes(sweep_dir.read_bytes(STUDY_FILE))
+    return local
 
 
 def push_study(sweep_dir: Storage) -> None:
     """Copy the driver's working copy of the study back into an object-storage sweep directory."""
     if sweep_dir.is_local:
         return
-    local = study_path_if_present(sweep_dir)
-    if local is not None:
+    local = _working_copy(sweep_dir)
+    if local.is_file():
         sweep_dir.write_bytes(local.read_bytes(), STUDY_FILE)
 
 
-def study_path_if_present(sweep_dir: Storage) -> Path | None:
-    local = Path(tempfile.gettempdir()) / "deepsad-studies" / hashlib.sha256(sweep_dir.uri.encode()).hexdigest()[:16]
-    return local / STUDY_FILE if (local / STUDY_FILE).is_file() else None
+def _working_copy(sweep_dir: Storage) -> Path:
+    """The driver's local copy of an object-storage sweep's study (one per sweep URI)."""
+    digest = hashlib.sha256(sweep_dir.uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "deepsad-studies" / digest / STUDY_FILE
 
 
 def study_storage(spec: SweepSpec, sweep_dir: Storage) -> tuple[Any, int]:
