@@ -106,3 +106,38 @@ def tpr_at_fpr(labels: Any, scores: Any, fpr: float) -> float:
     y, s = _labels_and_scores(labels, scores, "TPR at FPR")
     t = threshold_at_fpr(s[y == 0], fpr)
     return float(np.mean(s[y == 1] > t))
+
+
+def batched_auroc_ap(labels: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """AUROC and average precision of K score vectors at once, on their device.
+
+    ``labels``: (K, L) 0/1, ``scores``: (K, L), ``valid``: (K, L) bool — row k's samples are the valid
+    entries (rows may have different lengths, padded to L). Returns two (K,) float64 tensors equal to
+    :func:`auroc` and :func:`average_precision` of each row (ties count as scikit-learn counts them:
+    one threshold per distinct score), NaN for a row without both classes or with a non-finite score.
+    """
+    s = torch.where(valid, scores.double(), torch.full_like(scores, -math.inf, dtype=torch.float64))
+    bad = (valid & ~torch.isfinite(scores.double())).any(1)
+    s = torch.where(bad.view(-1, 1) & valid, torch.zeros_like(s), s)  # keep the sort well-defined
+    order = torch.argsort(s, dim=1, descending=True, stable=True)
+    s = s.gather(1, order)
+    pos = (labels.gather(1, order) == 1) & valid.gather(1, order)
+    neg = (labels.gather(1, order) != 1) & valid.gather(1, order)
+    tps, fps = pos.double().cumsum(1), neg.double().cumsum(1)
+    # A threshold per distinct score: the points of the curves are the ends of runs of equal scores.
+    end = torch.ones_like(pos)
+    end[:, :-1] = s[:, :-1] != s[:, 1:]
+    idx = torch.arange(s.shape[1], device=s.device).expand_as(s)
+    last_end = torch.where(end, idx, torch.full_like(idx, -1)).cummax(1).values
+    prev = torch.cat([torch.full_like(last_end[:, :1], -1), last_end[:, :-1]], 1)  # previous point, -1: origin
+    zero = torch.zeros_like(tps)
+    tps_prev = torch.where(prev >= 0, tps.gather(1, prev.clamp(min=0)), zero)
+    fps_prev = torch.where(prev >= 0, fps.gather(1, prev.clamp(min=0)), zero)
+    n_pos, n_neg = tps[:, -1], fps[:, -1]
+    area = torch.where(end, (fps - fps_prev) * (tps + tps_prev) / 2, zero).sum(1)
+    precision = tps / (tps + fps).clamp(min=1)
+    ap = torch.where(end, (tps - tps_prev) * precision, zero).sum(1)
+    undefined = bad | (n_pos == 0) | (n_neg == 0)
+    nan = torch.full_like(area, math.nan)
+    return (torch.where(undefined, nan, area / (n_pos * n_neg).clamp(min=1)),
+            torch.where(undefined, nan, ap / n_pos.clamp(min=1)))

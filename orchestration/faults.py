@@ -9,7 +9,8 @@ Set ``DEEPSAD_FAULTS`` to a JSON file before the sweep starts (Ray workers inher
 ``action`` is ``raise`` (an exception: Tune retries the trial) or ``exit`` (the process dies at once,
 like a killed worker); ``once`` is a marker file: the rule fires only while it does not exist and
 creates it when it fires, so a retried trial passes. ``touch`` (optional) is a file written every time
-the point is passed — tests wait on it instead of sleeping.
+the point is passed (``trial_key at epoch pid node``, ``node`` being the Ray node id or ``-``) — tests
+wait on it instead of sleeping, and see where each epoch ran.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ def _rules() -> list[dict[str, Any]]:
     return [r for r in rules if isinstance(r, dict)]
 
 
+def _node_id() -> str:
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else "-"
+    except Exception:
+        return "-"
+
+
 def checkpoint(at: str, *, epoch: int | None = None, rank: int = 0, trial_key: str | None = None) -> None:
     """Fire the matching rules for this point (a no-op without ``DEEPSAD_FAULTS``)."""
     for rule in _rules():
@@ -47,7 +57,7 @@ def checkpoint(at: str, *, epoch: int | None = None, rank: int = 0, trial_key: s
             continue
         if rule.get("touch"):
             with open(rule["touch"], "a") as fh:
-                fh.write(f"{trial_key} {at} {epoch} {os.getpid()}\n")
+                fh.write(f"{trial_key} {at} {epoch} {os.getpid()} {_node_id()}\n")
         once = rule.get("once")
         if once:
             try:

@@ -36,8 +36,8 @@ class ProgressPrinter(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         shown = {k: v for k, v in trial.config.items() if not k.startswith("__")}
-        if "cell" in shown:
-            shown = {"cell": shown["cell"]}
+        if "cell" in shown or "bundle" in shown:
+            shown = {k: v for k, v in shown.items() if k in ("cell", "bundle")}
         self._say(f"start   {trial.trial_id} {_short(shown)}")
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
@@ -58,6 +58,8 @@ class ProgressPrinter(tune.Callback):
             self.best = auroc if self.best is None else max(self.best, auroc)
         state = "skipped (finished before)" if last.get("skipped") else ("done" if last.get("done") else "stopped")
         hit = " · AE from cache" if last.get("cache_hit") else ""
+        if last.get("members"):
+            hit = f" · bundle of {last['members']}: {last.get('finished', 0)} finished, {last.get('failed', 0)} failed"
         metrics = " ".join(f"{k} {last[k]:.4f}" for k in ("val_auroc", "test_auroc") if isinstance(last.get(k), float))
         best = f" · best val_auroc {self.best:.4f}" if self.best is not None else ""
         self._say(f"{state:7} {trial.trial_id} {metrics}{hit}{best}")

@@ -63,7 +63,8 @@ TRIAL_SCHEMA = _schema(
         pa.field("error", pa.string()),
         pa.field("attempt", pa.int64()),
         pa.field("code_version", pa.string()),
-        pa.field("bundle", pa.string()),
+        pa.field("bundle", pa.string()),  # the bundle (deepsad.bundle) the trial trained in, if any
+        pa.field("bundle_size", pa.int64()),  # its number of members
         # configuration
         pa.field("dataset", pa.string()),
         pa.field("normal_classes", _INT_LIST),

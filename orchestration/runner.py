@@ -36,12 +36,8 @@ from orchestration.results import ResultStore
 from orchestration.spec import SweepSpec, parse_spec
 from orchestration.storage import Storage
 
-#: Environment that keeps Ray, its dashboard and gloo on the loopback interface. It must be set
-#: before ``import ray`` (Ray reads it at import time) and is inherited by every Ray worker.
-LOOPBACK_ENV = {
-    # without it Ray rewrites 127.0.0.1 to the machine's interface address
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "GLOO_SOCKET_IFNAME": "lo",
+#: Environment of the sweep's driver (Tune reads it when ``fit`` starts), local Ray or cluster alike.
+DRIVER_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     # AE epochs carry no validation metric; the trainable reports it from Deep SAD epochs on
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
@@ -52,6 +48,15 @@ LOOPBACK_ENV = {
     "TUNE_GLOBAL_CHECKPOINT_S": "0",
     # the legacy reporter honours verbose=0; our ProgressPrinter is the display
     "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+#: Environment that keeps a local Ray, its dashboard and gloo on the loopback interface. It must be
+#: set before ``import ray`` (Ray reads it at import time) and is inherited by every Ray worker.
+LOOPBACK_ENV = {
+    **DRIVER_ENV,
+    # without it Ray rewrites 127.0.0.1 to the machine's interface address
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "GLOO_SOCKET_IFNAME": "lo",
 }
 
 STUDY_FILE = "optuna.db"  # orchestration.search.STUDY_FILE (kept here so no Ray import is needed)
@@ -82,6 +87,7 @@ class SweepPayload:
     cells: dict[str, dict[str, Any]] = field(default_factory=dict)  # grid/random: key -> TrialConfig dict
     lock_name: str = ""
     ablation: bool = False  # cells are AblationUnit dicts
+    bundles: dict[str, list[str]] = field(default_factory=dict)  # bundle id -> member keys (bundle_size > 1)
     # Ray Train runs (workers_per_trial > 1) live under <sweep>/train: a stable location, so a retried
     # or resumed trial finds its Train run again
 
@@ -96,7 +102,9 @@ class SweepPayload:
         return AblationUnit.from_dict(self.cells[config["cell"]])
 
     def trials_for(self, config: dict[str, Any]) -> list[TrialConfig]:
-        """The trial configurations of one Tune trial (a list of one today)."""
+        """The trial configurations of one Tune trial: one, or a bundle's members."""
+        if "bundle" in config:
+            return [TrialConfig.from_dict(self.cells[k]) for k in self.bundles[config["bundle"]]]
         if "cell" in config:
             return [TrialConfig.from_dict(self.cells[config["cell"]])]
         spec = self.spec
@@ -126,6 +134,9 @@ def local_ray(
         return
     # our own dashboard port, announced to Ray Train's internals: with the default, a second Ray
     # on this machine makes Train fail with "Found multiple active Ray instances"
+    # we start our own Ray: an address in the environment (e.g. a cluster's) would make
+    # ray.init(num_cpus=...) refuse; cluster sweeps go through `--address` (orchestration.remote)
+    os.environ.pop("RAY_ADDRESS", None)
     port = free_loopback_port()
     os.environ[LOCAL_MARKER] = "1"
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
@@ -165,6 +176,41 @@ def free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def cluster_ray(sweep_dir: Storage | None = None) -> Iterator[None]:
+    """Join the Ray cluster this process runs in (the driver of a Ray job: ``RAY_ADDRESS`` is set).
+
+    Records the driver (host, pid, Ray job) in ``driver.json``; unlike :func:`local_ray` nothing is
+    started or reaped here: the cluster outlives the driver and cleans up after a dead job itself.
+
+    Raises:
+        StorageError: no Ray cluster to join (``--in-cluster`` outside a Ray job / cluster node).
+    """
+    for k, v in DRIVER_ENV.items():
+        os.environ.setdefault(k, v)
+    os.environ.pop(LOCAL_MARKER, None)
+    import ray
+
+    if not ray.is_initialized():
+        try:
+            ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", namespace="deepsad",
+                     logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+        except ConnectionError as e:
+            raise StorageError(f"--in-cluster: no Ray cluster to join from this process ({e})") from e
+    if sweep_dir is not None:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "cluster": True,
+                "job_id": os.environ.get(JOB_ID_ENV), "started_at": datetime.now(UTC).isoformat()}
+        sweep_dir.write_bytes(json.dumps(info).encode(), "driver.json")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+#: Set by ``deepsad sweep submit --address`` in the Ray job it submits (its submission id).
+JOB_ID_ENV = "DEEPSAD_JOB_ID"
+
+
 def _session_dir() -> str | None:
     with contextlib.suppress(Exception):
         import ray._private.worker as w
@@ -183,6 +229,8 @@ def reap_stale_ray(sweep_dir: Storage) -> int:
     if not sweep_dir.exists("driver.json"):
         return 0
     info = json.loads(sweep_dir.read_bytes("driver.json"))
+    if info.get("cluster"):
+        return 0  # a Ray job's driver: the cluster cleans up after a dead job itself
     if info.get("host", socket.gethostname()) != socket.gethostname():
         return 0  # the last driver ran on another machine: nothing of it runs here
     session, pid = info.get("session_dir"), int(info.get("pid", 0))
@@ -228,6 +276,16 @@ def _alive(pid: int) -> bool:
 # --------------------------------------------------------------------------- inside a trial
 
 
+def load_state(path: Path) -> Any:
+    """A trial's checkpoint: a :class:`TrainState`, or a bundle's :class:`BundleState`."""
+    from deepsad.bundle import BundleState
+    from deepsad.checkpoint import read_bundle_meta
+    from deepsad.training import TrainState
+
+    kind = read_bundle_meta(path).get("kind")
+    return BundleState.load(path) if kind == BundleState.KIND else TrainState.load(path)
+
+
 class TuneReporter:
     """Reports of a single-process trial go to Ray Tune; checkpoints are :class:`TrainState` bundles."""
 
@@ -237,13 +295,12 @@ class TuneReporter:
     def restored(self) -> Any:
         from ray import tune
 
-        from deepsad.training import TrainState
 
         ckpt = tune.get_checkpoint()
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
-            return TrainState.load(Path(d) / "state")
+            return load_state(Path(d) / "state")
 
     def report(self, metrics: dict[str, Any], state: Any) -> None:
         import tempfile
@@ -423,11 +480,11 @@ class StoreCallback:
     def __init__(self, payload: SweepPayload) -> None:
         self.payload = payload
 
-    def _trial(self, trial: Any) -> TrialConfig | None:
+    def _trials(self, trial: Any) -> list[TrialConfig]:
         try:
-            return self.payload.trials_for(trial.config)[0]
+            return self.payload.trials_for(trial.config)
         except Exception:  # a broken config is reported by the trial's own error
-            return None
+            return []
 
     def _write(self, trial: Any, status: str, error: str | None) -> None:
         if self.payload.ablation:
@@ -438,14 +495,16 @@ class StoreCallback:
                                 self.payload.unit_for(trial.config), trial_id=trial.trial_id, status=status,
                                 error=error, last=trial.last_result or {})
             return
-        cfg = self._trial(trial)
-        if cfg is None:
-            return
+        members = self._trials(trial)
+        for cfg in members:
+            self._write_one(trial, cfg, status, error, bundle=len(members) > 1)
+
+    def _write_one(self, trial: Any, cfg: TrialConfig, status: str, error: str | None, *, bundle: bool) -> None:
         store = ResultStore(Storage.from_uri(self.payload.storage_uri))
         previous = store.row(cfg.key) or {}
-        if previous.get("status") == "finished":
-            return
-        last = trial.last_result or {}
+        if previous.get("status") in ("finished", "failed") and (bundle or previous.get("status") == "finished"):
+            return  # a bundle writes its members' own outcomes (a diverged member fails alone)
+        last = {} if bundle else (trial.last_result or {})
         row = {**{k: v for k, v in previous.items() if v is not None}, **cfg.columns(),
                "sweep": self.payload.name, "trial_key": cfg.key, "trial_id": trial.trial_id, "status": status,
                "error": error, "params_json": json.dumps(cfg.params, sort_keys=True),
@@ -528,8 +587,14 @@ def sweep_location(name: str, storage: str | None) -> Storage:
     return Storage.from_uri(storage or DEFAULT_STORAGE).child(name)
 
 
-def prepare(spec_path: Path, storage: str | None) -> Prepared:
+def prepare(
+    spec_path: Path, storage: str | None, *, in_cluster: bool = False, base_dir: str | None = None
+) -> Prepared:
     """Load and validate the spec, every trial config, the data and the storage — before any Ray.
+
+    ``in_cluster``: the driver runs on a Ray cluster, whose resources (autoscaled) are not this
+    machine's, so the local CPU/GPU check is skipped. ``base_dir``: where relative paths in the file
+    are taken from (default: the current directory).
 
     Raises:
         ConfigError: the sweep file or a trial configuration is invalid (one line per problem).
@@ -538,7 +603,7 @@ def prepare(spec_path: Path, storage: str | None) -> Prepared:
     """
     from orchestration.spec import load_spec
 
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, base_dir=base_dir)
     text = Path(spec_path).read_text(encoding="utf-8")
     cells: list[Any]
     if spec.ablation is not None:
@@ -547,7 +612,8 @@ def prepare(spec_path: Path, storage: str | None) -> Prepared:
         cells = validate_ablation(spec)
     else:
         cells = validate_spec(spec)
-    check_resources(spec, *_machine())
+    if not in_cluster:
+        check_resources(spec, *_machine())
     try:
         root = Storage.from_uri(storage or spec.storage or "runs/sweeps")
         root.check_writable()
@@ -596,6 +662,8 @@ def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list
     if spec.search.algorithm == "tpe":
         search_alg, num_samples = search_algorithm(spec, prep.sweep_dir)
         param_space = {}
+    elif payload.bundles:
+        num_samples, param_space = 1, {"bundle": tune.grid_search(pending_bundles(payload, prep.pending))}
     else:
         num_samples, param_space = 1, {"cell": tune.grid_search([c.key for c in prep.pending])}
     return tune.Tuner(
@@ -619,13 +687,29 @@ def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list
 
 
 def _payload(prep: Prepared) -> SweepPayload:
+    spec, res = prep.spec, prep.spec.resources
+    bundles: dict[str, list[str]] = {}
+    # ablation: every unit, so that a restored Tune trial of a unit done meanwhile finds it (and skips);
+    # bundles: planned over every cell, so that a resumed run finds the bundles it started with
+    every = spec.ablation is not None or res.bundle_size != 1
+    if res.bundle_size != 1 and spec.ablation is None:
+        from orchestration.bundles import bundle_id, make_bundles
+
+        for members in make_bundles(prep.cells, res.bundle_size, res.gpus_per_trial):
+            bundles[bundle_id(members)] = [t.key for t in members]
     return SweepPayload(
-        name=prep.spec.name, storage_uri=prep.sweep_dir.uri, spec_text=prep.spec_text,
-        source=str(prep.spec.source), base_dir=prep.spec.base_dir,
-        # ablation: every unit, so that a restored Tune trial of a unit done meanwhile finds it (and skips)
-        cells={c.key: c.to_dict() for c in (prep.cells if prep.spec.ablation is not None else prep.pending)},
-        lock_name=f"ae-cache-lock:{prep.sweep_dir.uri}", ablation=prep.spec.ablation is not None,
+        name=spec.name, storage_uri=prep.sweep_dir.uri, spec_text=prep.spec_text,
+        source=str(spec.source), base_dir=spec.base_dir,
+        cells={c.key: c.to_dict() for c in (prep.cells if every else prep.pending)},
+        lock_name=f"ae-cache-lock:{prep.sweep_dir.uri}", ablation=spec.ablation is not None,
+        bundles=bundles,
     )
+
+
+def pending_bundles(payload: SweepPayload, pending: list[Any]) -> list[str]:
+    """The bundles with at least one trial still to run."""
+    todo = {c.key for c in pending}
+    return [b for b, keys in payload.bundles.items() if todo.intersection(keys)]
 
 
 def _runs(sweep_dir: Storage) -> list[str]:
@@ -638,15 +722,19 @@ def _machine() -> tuple[float, float]:
     return float(os.cpu_count() or 1), float(torch.cuda.device_count())
 
 
-def run_sweep(prep: Prepared, *, resume: bool, progress: Callable[[str], None]) -> dict[str, Any]:
-    """Run (or resume) the sweep on a local Ray and return the store's summary.
+def run_sweep(
+    prep: Prepared, *, resume: bool, progress: Callable[[str], None], in_cluster: bool = False
+) -> dict[str, Any]:
+    """Run (or resume) the sweep on a local Ray (or, ``in_cluster``, on the Ray cluster this driver
+    runs in) and return the store's summary.
 
     Raises:
         ConfigError: the machine cannot run the requested concurrency.
         KeyboardInterrupt: after a graceful stop on Ctrl-C (the sweep stays resumable).
     """
     cpus, gpus = _machine()
-    check_resources(prep.spec, cpus, gpus)  # again: a resumed sweep may land on a smaller machine
+    if not in_cluster:
+        check_resources(prep.spec, cpus, gpus)  # again: a resumed sweep may land on a smaller machine
     spec = prep.spec
     if not resume and spec.search.algorithm != "tpe" and not prep.pending:
         progress(f"nothing to do: all {len(prep.cells)} trials of {spec.name} are finished")
@@ -675,13 +763,23 @@ def run_sweep(prep: Prepared, *, resume: bool, progress: Callable[[str], None]) 
     from orchestration.progress import ProgressPrinter
 
     interrupted = False
-    with local_ray(cpus, gpus, trial_slots=slots, sweep_dir=prep.sweep_dir):
+    ray_ctx = (cluster_ray(prep.sweep_dir) if in_cluster
+               else local_ray(cpus, gpus, trial_slots=slots, sweep_dir=prep.sweep_dir))
+    with ray_ctx:
         import ray
-        from ray import tune
 
+        if in_cluster:
+            _check_cluster_resources(spec)
+        from ray import tune
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # on the driver's node: the lock table must not die with a worker node
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         lock = ray.remote(num_cpus=0)(LockTable).options(name=payload.lock_name, namespace="deepsad",
-                                                         get_if_exists=True).remote()
-        callbacks = [_store_callback(payload), ProgressPrinter(total=_total(prep))]
+                                                         get_if_exists=True, scheduling_strategy=here).remote()
+        _keep_credentials_out_of_runtime_envs()
+        total = len(pending_bundles(payload, prep.pending)) if payload.bundles else _total(prep)
+        callbacks = [_store_callback(payload), ProgressPrinter(total=total)]
         path = prep.sweep_dir.path("tune", run_name)
         if resume:
             tuner = tune.Tuner.restore(path, trainable=_restore_trainable(payload, spec), resume_errored=True,
@@ -701,6 +799,32 @@ def run_sweep(prep: Prepared, *, resume: bool, progress: Callable[[str], None]) 
     if interrupted:
         raise KeyboardInterrupt
     return summary
+
+
+def _keep_credentials_out_of_runtime_envs() -> None:
+    """Ray Tune copies AWS credentials from the driver's environment into every trainable's runtime
+    environment (``ray.tune.execution.class_cache``), which Ray's runtime-env agent writes to its logs
+    and the dashboard shows. Trials do not need the copy: on a local Ray they inherit the driver's
+    environment, on a cluster each node has its own identity (instance role, Kubernetes Secret)."""
+    from ray.tune.execution import class_cache
+
+    from orchestration.s3 import SECRET_VARS
+
+    for name in SECRET_VARS:
+        class_cache.ENV_VARS_TO_PROPAGATE.discard(name)
+
+
+def _check_cluster_resources(spec: SweepSpec) -> None:
+    """Ray Train trials need the head's ``trial_slot`` resource (see infra/): say so before Tune waits
+    forever for it."""
+    import ray
+
+    if spec.resources.workers_per_trial > 1 and not ray.cluster_resources().get("trial_slot"):
+        from deepsad.errors import ConfigError
+
+        raise ConfigError(
+            f"{spec.source}: resources.workers_per_trial: > 1 needs a `trial_slot` resource on the cluster "
+            "(start the head with --resources='{\"trial_slot\": 64}', as infra/ does)")
 
 
 @contextlib.contextmanager

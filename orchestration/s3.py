@@ -52,7 +52,7 @@ ACCESS_DENIED = "access denied — check the AWS credentials (profile/env/instan
 
 _ENDPOINT_VARS = ("DEEPSAD_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 _REGION_VARS = ("DEEPSAD_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
-_SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 # DNS-compatible bucket names (3-63 lowercase letters, digits, '.', '-'), as S3 requires for new buckets.
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
@@ -241,7 +241,7 @@ def scrub(text: str, environ: Mapping[str, str] | None = None) -> str:
     """``text`` with the AWS credentials of the environment, anything shaped like an access key id,
     and signature/credential fields of signed requests replaced by ``***``."""
     env = os.environ if environ is None else environ
-    for name in _SECRET_VARS:
+    for name in SECRET_VARS:
         secret = env.get(name, "")
         if len(secret) >= 4:
             text = text.replace(secret, "***")

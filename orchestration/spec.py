@@ -324,6 +324,9 @@ class ResourcesSpec(_Section):
     # a trial checkpoints at the end of each phase and otherwise at most this often (0: every epoch);
     # tiny epochs would spend more time checkpointing than training
     checkpoint_interval_s: Float = Field(default=10.0, ge=0)
+    # many trials per process (deepsad.bundle): compatible trials train together, K at a time, each
+    # exactly as alone. An integer caps K; "auto" sizes bundles to the device's memory (GPU) or 8 (CPU).
+    bundle_size: Int | Literal["auto"] = 1
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -850,6 +853,26 @@ def _scheduler(s: dict[str, Any]) -> Iterator[Problem]:
         yield Problem(
             "search.scheduler.grace_period", f"must be <= train.epochs ({epochs})", scheduler.grace_period
         )
+
+
+@_check("search", "resources")
+def _bundles(s: dict[str, Any]) -> Iterator[Problem]:
+    size, search, res = s["resources"].bundle_size, s["search"], s["resources"]
+    if size == 1:
+        return
+    if isinstance(size, int) and size < 1:
+        yield Problem("resources.bundle_size", "must be >= 1 or auto", size)
+        return
+    if search.algorithm == "tpe":
+        yield Problem("resources.bundle_size", "bundles pack trials planned up front: use search.algorithm grid "
+                      "or random (TPE suggests one configuration at a time)", size)  # fmt: skip
+    if search.scheduler is not None:
+        yield Problem("resources.bundle_size", "a bundle trains its members to the end together; remove "
+                      "search.scheduler", size)  # fmt: skip
+    if res.workers_per_trial > 1:
+        yield Problem("resources.bundle_size", "bundles run in one process; workers_per_trial must be 1", size)
+    if s.get("ablation") is not None:
+        yield Problem("resources.bundle_size", "not yet for ablations (their cells run one per process)", size)
 
 
 @_check("train", "resources")

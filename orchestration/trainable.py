@@ -5,8 +5,8 @@ have a finished row, loads the data, takes the pretrained AE from the sweep's ca
 once, under the cache lock), fine-tunes, reports every epoch with a resumable checkpoint, writes the
 model bundle and the trial's row. The :class:`Reporter` is what differs between a Ray Tune trial
 (``tune.report``), a Ray Train worker (``ray.train.report``; only rank 0 checkpoints) and a test.
-Today the list always holds one trial; packing several small trials into one process (one GPU) can
-come later without changing the callers.
+A list of more than one trial is a bundle (``resources.bundle_size``): :mod:`orchestration.bundle_run`
+trains them at once.
 
 ``execute_unit(unit, reporter, ctx)`` runs one unit of an ablation (:mod:`orchestration.ablation`):
 Deep SAD as above; Deep SVDD as Deep SAD with the training part's semi-targets zeroed; Isolation
@@ -124,7 +124,11 @@ def _epoch_row(trial_key: str, attempt: int, r: EpochReport) -> dict[str, Any]:
 def execute(
     trials: list[TrialConfig], reporter: Reporter, ctx: RunContext, *, lock: CacheLock | None = None
 ) -> list[dict[str, Any]]:
-    """Run each trial (see the module docstring) and return their result rows."""
+    """Run the trial (see the module docstring), or the bundle of trials, and return the result rows."""
+    if len(trials) > 1:
+        from orchestration.bundle_run import run_bundle
+
+        return run_bundle(trials, reporter, ctx, lock or NoLock())
     return [_run_one(t, reporter, ctx, lock or NoLock()) for t in trials]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,30 @@ results_app = typer.Typer(help="Inspect a sweep's results.", no_args_is_help=Tru
 StorageOpt = Annotated[
     str | None, typer.Option("--storage", help="Sweep storage: a directory (default runs/sweeps) or s3://bucket/prefix.")
 ]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option("--address", help="A Ray cluster's dashboard URL (http://HEAD:8265; default: $RAY_ADDRESS): "
+                 "run the sweep there as a Ray job. With RAY_AUTH_MODE=token the token is sent."),
+]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="With --address: stream the driver's output until it ends.")]
+DepsOpt = Annotated[
+    str, typer.Option("--deps", help="With --address: `pinned` ships the project's dependencies pinned to the "
+                      "versions installed here; `image` relies on the cluster image's.")
+]
+PythonOpt = Annotated[
+    str | None, typer.Option("--python", help="With --address: the cluster's interpreter for the driver "
+                             "(default $DEEPSAD_CLUSTER_PYTHON or `python`).")
+]
+BaseDirOpt = Annotated[
+    str | None,
+    typer.Option("--base-dir", help="Where relative paths in SPEC (data_dir, ...) are taken from. Default: the "
+                 "current directory; with --address, /home/ray/deepsad (the project image's directory on the "
+                 "cluster; infra/ puts the data in /home/ray/shared/data)."),
+]
+InClusterOpt = Annotated[
+    bool, typer.Option("--in-cluster", help="Run the driver on the Ray cluster this process belongs to (inside "
+                       "a Ray job, e.g. a KubeRay RayJob) instead of starting a local Ray.")
+]
 
 
 @app.command("submit")
@@ -21,12 +46,25 @@ def submit(
     spec: Annotated[Path, typer.Argument(help="The sweep file (YAML).")],
     storage: StorageOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; start nothing.")] = False,
+    address: AddressOpt = None,
+    wait: WaitOpt = False,
+    deps: DepsOpt = "pinned",
+    python: PythonOpt = None,
+    base_dir: BaseDirOpt = None,
+    in_cluster: InClusterOpt = False,
 ) -> None:
-    """Validate SPEC and run it on a local Ray (started for you, on 127.0.0.1 only)."""
+    """Validate SPEC and run it on a local Ray (started for you, on 127.0.0.1 only) or, with --address,
+    on a Ray cluster (returns at once with the job id; --wait streams the driver's output)."""
     from orchestration.plan import make_plan
+    from orchestration.remote import resolve_address
     from orchestration.runner import prepare
 
-    prep = prepare(spec, storage)
+    url = None if in_cluster else resolve_address(address)
+    if url is not None:
+        _submit_remote(spec, storage, url, wait=wait, deps=deps, python=python, dry_run=dry_run,
+                       base_dir=base_dir or CLUSTER_BASE_DIR)
+        return
+    prep = prepare(spec, storage, in_cluster=in_cluster, base_dir=base_dir)
     plan = make_plan(prep.spec, prep.cells if prep.spec.search.algorithm != "tpe" else None,
                      storage=prep.sweep_dir.uri.rsplit("/", 1)[0])
     for line in plan.describe():
@@ -34,25 +72,92 @@ def submit(
     if prep.spec.search.algorithm != "tpe":
         typer.echo(f"already finished: {len(prep.cells) - len(prep.pending)} of {len(prep.cells)} trials "
                    f"(they are skipped); to run: {len(prep.pending)}")
+    res = prep.spec.resources
+    if res.bundle_size != 1 and prep.spec.ablation is None and prep.pending:
+        from orchestration.bundles import make_bundles
+
+        sizes = [len(b) for b in make_bundles(prep.pending, res.bundle_size, res.gpus_per_trial)]
+        typer.echo(f"  bundles: {len(sizes)} (of {min(sizes)}–{max(sizes)} trials each) trained as one process each")
     typer.echo(f"sweep directory: {prep.sweep_dir.uri}")
     if dry_run:
         return
-    _run(prep, resume=False)
+    _run(prep, resume=False, in_cluster=in_cluster)
+
+
+#: Relative paths of a cluster sweep are taken from here on the cluster: the image's project directory.
+CLUSTER_BASE_DIR = "/home/ray/deepsad"
+
+
+def _submit_remote(spec_path: Path, storage: str | None, url: str, *, wait: bool, deps: str,
+                   python: str | None, dry_run: bool, base_dir: str) -> None:
+    """Validate the sweep file and the storage here, then hand the driver to the cluster."""
+    from orchestration.remote import check_cluster_storage, python_default, quiet_ray_client, submit_job
+    from orchestration.spec import load_spec
+
+    parsed = load_spec(spec_path, base_dir=base_dir)
+    uri = check_cluster_storage(storage, parsed)
+    text = spec_path.read_text(encoding="utf-8")
+    typer.echo(f"sweep {parsed.name}: {parsed.search.algorithm} · storage {uri}/{parsed.name} · cluster {url}")
+    if dry_run:
+        typer.echo("dry run: nothing submitted (the data and every trial are validated on the cluster)")
+        return
+    with quiet_ray_client():
+        job_id = submit_job(address=url, name=parsed.name, storage=uri, spec_text=text,
+                            driver_args=["sweep", "submit", "submission/spec.yaml", "--base-dir", base_dir],
+                            action="submit",
+                            deps=deps, python=python or python_default())
+    _after_submit(parsed.name, url, job_id, wait=wait)
+
+
+def _after_submit(name: str, url: str, job_id: str, *, wait: bool) -> None:
+    from orchestration.remote import quiet_ray_client, wait_for_job
+
+    typer.echo(f"submitted: sweep {name} runs as Ray job {job_id} on {url}")
+    if not wait:
+        typer.echo(f"follow: `deepsad sweep logs {name} --address {url} --follow` · progress: "
+                   f"`deepsad sweep status {name} --address {url}` · stop: `deepsad sweep stop {name} --address {url}`")
+        return
+    with quiet_ray_client():
+        status = wait_for_job(url, job_id, typer.echo)
+    typer.echo(f"job {job_id}: {status}")
+    if status != "SUCCEEDED":
+        sys.exit(130 if status == "STOPPED" else 1)
 
 
 @app.command("resume")
-def resume(name: Annotated[str, typer.Argument(help="Sweep name.")], storage: StorageOpt = None) -> None:
+def resume(
+    name: Annotated[str, typer.Argument(help="Sweep name.")],
+    storage: StorageOpt = None,
+    address: AddressOpt = None,
+    wait: WaitOpt = False,
+    deps: DepsOpt = "pinned",
+    python: PythonOpt = None,
+    in_cluster: InClusterOpt = False,
+) -> None:
     """Continue sweep NAME whose driver died or was interrupted (finished trials are not rerun)."""
+    from orchestration.remote import resolve_address
     from orchestration.runner import load_submitted
 
-    _run(load_submitted(name, storage), resume=True)
+    url = None if in_cluster else resolve_address(address)
+    if url is None:
+        _run(load_submitted(name, storage), resume=True, in_cluster=in_cluster)
+        return
+    from orchestration.remote import check_cluster_storage, python_default, quiet_ray_client, submit_job
+
+    uri = check_cluster_storage(storage, None)
+    prep = load_submitted(name, uri)  # the sweep must exist in the bucket
+    with quiet_ray_client():
+        job_id = submit_job(address=url, name=name, storage=uri, spec_text=prep.spec_text,
+                            driver_args=["sweep", "resume", name], action="resume", deps=deps,
+                            python=python or python_default())
+    _after_submit(name, url, job_id, wait=wait)
 
 
-def _run(prep: object, *, resume: bool) -> None:
+def _run(prep: object, *, resume: bool, in_cluster: bool = False) -> None:
     from orchestration.runner import run_sweep
 
     try:
-        summary = run_sweep(prep, resume=resume, progress=typer.echo)  # type: ignore[arg-type]
+        summary = run_sweep(prep, resume=resume, progress=typer.echo, in_cluster=in_cluster)  # type: ignore[arg-type]
     except KeyboardInterrupt:
         name = prep.spec.name  # type: ignore[attr-defined]
         typer.echo(f"\ninterrupted: finished trials are kept; continue with `deepsad sweep resume {name}`",
@@ -72,13 +177,71 @@ def _print_summary(summary: dict[str, object]) -> None:
 
 
 @app.command("status")
-def status(name: Annotated[str, typer.Argument(help="Sweep name.")], storage: StorageOpt = None) -> None:
-    """A table of the sweep's trials and its progress."""
+def status(
+    name: Annotated[str, typer.Argument(help="Sweep name.")], storage: StorageOpt = None, address: AddressOpt = None
+) -> None:
+    """A table of the sweep's trials and its progress (with --address: its Ray job's state first)."""
+    from orchestration.remote import resolve_address
     from orchestration.runner import load_submitted
     from orchestration.tables import status_table
 
-    prep = load_submitted(name, storage)
-    status_table(prep)
+    url = resolve_address(address)
+    if url is not None:
+        from orchestration.remote import connect, latest_job, quiet_ray_client
+
+        with quiet_ray_client():
+            job = latest_job(connect(url), name, url, storage)
+        when = datetime.fromtimestamp(job.start_time, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        typer.echo(f"job {job.job_id} ({job.action}, started {when}): {job.status}"
+                   + (f" — {job.message}" if job.message and job.status != "SUCCEEDED" else ""))
+        storage = storage or job.storage
+    status_table(load_submitted(name, storage))
+
+
+@app.command("logs")
+def logs(
+    name: Annotated[str, typer.Argument(help="Sweep name.")],
+    address: AddressOpt = None,
+    storage: StorageOpt = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming until the job ends.")] = False,
+) -> None:
+    """The output of the sweep's driver on the cluster (its latest Ray job)."""
+    from orchestration.remote import connect, latest_job, quiet_ray_client, wait_for_job
+
+    url = _need_address(address, "logs")
+    with quiet_ray_client():
+        client = connect(url)
+        job = latest_job(client, name, url, storage)
+        if follow:
+            status = wait_for_job(url, job.job_id, typer.echo)
+            typer.echo(f"job {job.job_id}: {status}")
+            return
+        typer.echo(client.get_job_logs(job.job_id), nl=False)
+
+
+@app.command("stop")
+def stop(
+    name: Annotated[str, typer.Argument(help="Sweep name.")], address: AddressOpt = None, storage: StorageOpt = None
+) -> None:
+    """Stop the sweep's driver on the cluster gracefully; finished trials are kept, `resume` continues."""
+    from orchestration.remote import quiet_ray_client, stop_sweep
+
+    url = _need_address(address, "stop")
+    with quiet_ray_client():
+        job = stop_sweep(url, name, storage, typer.echo)
+    typer.echo(f"job {job.job_id}: {job.status}; continue with `deepsad sweep resume {name} --address {url} "
+               f"--storage {job.storage}`")
+
+
+def _need_address(address: str | None, command: str) -> str:
+    from deepsad.errors import ConfigError
+    from orchestration.remote import resolve_address
+
+    url = resolve_address(address)
+    if url is None:
+        raise ConfigError(f"sweep {command}: needs --address http://HEAD:8265 (or RAY_ADDRESS): only cluster "
+                          "sweeps run as jobs (a local sweep's output is in your terminal)")
+    return url
 
 
 @results_app.command("show")

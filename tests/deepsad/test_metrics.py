@@ -92,3 +92,27 @@ def test_tpr_at_fpr(labelled_scores: tuple[np.ndarray, np.ndarray]) -> None:
     assert tpr_at_fpr(y, s, 0.05) == pytest.approx(np.mean(s[y == 1] > t))
     assert tpr_at_fpr([0, 0, 1, 1], [0.0, 0.1, 0.5, 0.6], 0.0) == 1.0
     assert 0.0 <= tpr_at_fpr(y, s, 0.01) <= tpr_at_fpr(y, s, 0.1) <= 1.0
+
+
+def test_batched_auroc_ap_equals_the_per_row_metrics_including_ties() -> None:
+    from deepsad.metrics import batched_auroc_ap
+
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        k, width = 5, 50
+        lengths = rng.integers(4, width + 1, k)
+        labels = (rng.random((k, width)) < 0.3).astype(np.int64)
+        # half the trials draw from a few values, so that tied scores span both classes
+        scores = (rng.integers(0, 6, (k, width)) if trial % 2 else rng.normal(size=(k, width))).astype(np.float32)
+        valid = np.arange(width)[None, :] < lengths[:, None]
+        a, p = batched_auroc_ap(torch.tensor(labels), torch.tensor(scores), torch.tensor(valid))
+        for row in range(k):
+            y, s = labels[row, : lengths[row]], scores[row, : lengths[row]]
+            if 0 < y.sum() < y.size:
+                assert a[row].item() == pytest.approx(auroc(y, s), abs=1e-12)
+                assert p[row].item() == pytest.approx(average_precision(y, s), abs=1e-12)
+            else:
+                assert np.isnan(a[row].item()) and np.isnan(p[row].item())
+    diverged = torch.tensor([[0.1, float("nan"), 0.3], [0.1, 0.2, 0.3]])
+    a, _ = batched_auroc_ap(torch.tensor([[0, 1, 1], [0, 1, 1]]), diverged, torch.ones(2, 3, dtype=torch.bool))
+    assert np.isnan(a[0].item()) and a[1].item() == 1.0

@@ -329,7 +329,19 @@ def test_the_secret_patterns_catch_what_they_should() -> None:
     assert not _INLINE_SECRET.search('AWS_SECRET_ACCESS_KEY="$SECRET"')
 
 
-def test_readme_does_not_claim_remote_submission() -> None:
+def test_readme_shows_remote_submission_and_every_sweep_runs_on_the_cluster() -> None:
     text = (INFRA / "README.md").read_text()
-    assert "issue 6" in text
-    assert "does not exist yet" in text.lower() or "not exist yet" in text.lower()
+    assert "deepsad sweep submit" in text and "--address http://127.0.0.1:8265" in text
+    assert "RAY_AUTH_MODE=token" in text and "env -u RAY_ADDRESS" not in text
+    entry = _load(RAYJOB)["spec"]["entrypoint"]
+    assert "--in-cluster" in entry and "RAY_ADDRESS" not in entry
+    head, _ = _pods(_load(RAYJOB)["spec"]["rayClusterSpec"])
+    assert _gpu_limit(head) == 0, "rayjob.yaml: the head runs only the driver; trials go to the GPU workers"
+
+
+def test_heads_declare_the_trial_slot_resource_of_ray_train_trials() -> None:
+    assert _load(CLUSTER)["available_node_types"]["head"]["resources"]["trial_slot"] >= 1
+    for path in (RAYCLUSTER, RAYJOB):
+        doc = _load(path)
+        spec = doc["spec"] if path == RAYCLUSTER else doc["spec"]["rayClusterSpec"]
+        assert "trial_slot" in spec["headGroupSpec"]["rayStartParams"]["resources"], path.name

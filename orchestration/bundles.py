@@ -1,0 +1,74 @@
+"""Packing a sweep's trials into bundles: many trials per process (per GPU), each trained as if alone.
+
+A bundle is a list of trials that :func:`deepsad.bundle.train_bundle` can train at once: the same
+network, rep_dim, batch sizes and epoch schedules, the same data set (so its samples are stored once);
+seeds, η, learning rates, weight decays and splits may differ. One Ray Tune trial runs one bundle;
+results stay one row per trial (with the ``bundle`` it ran in and the bundle's size).
+
+Bundles are planned up front (grid/random search), in the order of the cells, so that a resubmitted
+or resumed sweep plans the same bundles for the same pending trials. Size: ``resources.bundle_size``
+(an integer caps it); ``auto`` takes :data:`CPU_AUTO` members on CPU trials and, on GPU trials, as
+many as fit in :data:`GPU_MEMORY_FRACTION` of the GPU share by :func:`deepsad.bundle.member_bytes`
+(the GPU's memory: the planning machine's first GPU, else ``DEEPSAD_GPU_MEMORY_GB``, else
+:data:`GPU_MEMORY_DEFAULT_GB`), at most :data:`MAX_BUNDLE`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+from typing import Any
+
+from orchestration.plan import TrialConfig
+
+CPU_AUTO = 8
+MAX_BUNDLE = 512
+GPU_MEMORY_FRACTION = 0.7
+GPU_MEMORY_DEFAULT_GB = 16.0
+
+
+def bundle_id(trials: list[TrialConfig]) -> str:
+    """A stable name for a bundle: its members' keys, hashed."""
+    digest = hashlib.sha256("\n".join(sorted(t.key for t in trials)).encode()).hexdigest()
+    return f"b{len(trials)}-{digest[:12]}"
+
+
+def _group_key(trial: TrialConfig) -> tuple[Any, ...]:
+    from deepsad.bundle import bundle_key
+
+    # the device is resolved where the bundle runs; every member resolves it the same way
+    return (trial.dataset, trial.data_dir, trial.device_request, bundle_key(replace(trial.train, device="cpu")))
+
+
+def auto_size(trial: TrialConfig, gpus_per_trial: float) -> int:
+    """Members per bundle for ``bundle_size: auto`` (see the module docstring)."""
+    if gpus_per_trial <= 0 or trial.device_request == "cpu":
+        return CPU_AUTO
+    from deepsad.sizing import member_bytes
+
+    gb = os.environ.get("DEEPSAD_GPU_MEMORY_GB")
+    if gb:
+        total = float(gb) * 1e9
+    else:
+        import torch
+
+        total = (torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available()
+                 else GPU_MEMORY_DEFAULT_GB * 1e9)
+    budget = total * min(gpus_per_trial, 1.0) * GPU_MEMORY_FRACTION
+    return max(1, min(MAX_BUNDLE, int(budget // member_bytes(trial.train))))
+
+
+def make_bundles(trials: list[TrialConfig], size: int | str, gpus_per_trial: float = 0.0) -> list[list[TrialConfig]]:
+    """Group compatible trials (in their order) and cut each group into bundles of at most ``size``.
+
+    ``size`` 1 gives one bundle per trial (bundling off).
+    """
+    groups: dict[tuple[Any, ...], list[TrialConfig]] = {}
+    for t in trials:
+        groups.setdefault(_group_key(t), []).append(t)
+    out: list[list[TrialConfig]] = []
+    for members in groups.values():
+        k = auto_size(members[0], gpus_per_trial) if size == "auto" else int(size)
+        out.extend(members[i : i + k] for i in range(0, len(members), max(k, 1)))
+    return out
