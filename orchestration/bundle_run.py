@@ -58,7 +58,7 @@ def run_bundle(trials: list[TrialConfig], reporter: Reporter, ctx: RunContext, l
     device = resolve_device(todo[0].device_request)
     cfgs = [replace(t.train, device=device) for t in todo]
     splits = [make_split(_dataset(t.dataset, t.data_dir), t.protocol) for t in todo]
-    base = {}
+    base: dict[str, dict[str, Any]] = {}
     for t in todo:
         prev = previous[t.key] or {}
         base[t.key] = {
@@ -73,7 +73,8 @@ def run_bundle(trials: list[TrialConfig], reporter: Reporter, ctx: RunContext, l
     state = reporter.restored()
     if not (isinstance(state, BundleState) and state.meta.get("configs") == [c.to_dict() for c in cfgs]):
         state = None  # another bundle's (its members changed): start over
-    cache_cols = [dict(c) for c in state.meta.get("cache_info", [])] if state is not None else []
+    cache_cols: list[dict[str, Any]] = (
+        [dict(c) for c in state.meta.get("cache_info", [])] if state is not None else [])
     ae_hist: list[list[EpochReport]] = [[] for _ in todo]
     ae_fail: list[str | None] = [None] * len(todo)
     ae_states: list[dict[str, Any] | None] | None = None
@@ -229,6 +230,6 @@ def _progress_metrics(p: BundleProgress, bid: str) -> dict[str, Any]:
 def _bundle_final(rows: list[dict[str, Any]], bid: str, size: int, *, skipped: bool) -> dict[str, Any]:
     finished = [r for r in rows if r.get("status") == "finished"]
     best = max(finished, key=lambda r: r.get("val_auroc") or float("-inf"), default={})
-    out = _final_metrics(best, skipped=skipped) if best else {"done": True, "skipped": skipped}
+    out: dict[str, Any] = _final_metrics(best, skipped=skipped) if best else {"done": True, "skipped": skipped}
     out.update(trial_key=bid, bundle=bid, members=size, finished=len(finished), failed=len(rows) - len(finished))
     return out

@@ -272,3 +272,34 @@ def test_a_killed_driver_is_resumed_on_the_cluster_without_rerunning_trials(
     trained = [line[0] for line in _touches(ends)]
     assert sorted(trained) == sorted(set(trained)), f"a finished trial ran twice: {trained}"
     print(f"driver-loss test: {time.monotonic() - t0:.1f} s")
+
+
+def test_stop_interrupts_the_sweep_gracefully_and_resume_finishes_it(cluster: LocalCluster, tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    ends = tmp_path / "ends.log"
+    env = faults_file(tmp_path, [{"at": "trial_end", "touch": str(ends)}])
+    spec = write_spec(tmp_path, small_spec(
+        "stopped", search__space={"eta": {"distribution": "choice", "values": [0.5, 1.0, 2.0]}},
+        resources__max_concurrent_trials=1, train__epochs=30))
+    sub = cli(["sweep", "submit", str(spec), "--address", cluster.address, "--storage", cluster.storage,
+               "--deps", "image"], cwd=tmp_path, env=env)
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    _wait(lambda: len(_touches(ends)) >= 1, 300, "one finished trial")
+    stop = cli(["sweep", "stop", "stopped", "--address", cluster.address], cwd=tmp_path, timeout=300)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert "STOPPED" in stop.stdout or "FAILED" in stop.stdout, stop.stdout
+    assert "deepsad sweep resume stopped" in stop.stdout
+    logs = cli(["sweep", "logs", "stopped", "--address", cluster.address], cwd=tmp_path)
+    assert "interrupted: finished trials are kept" in logs.stdout, logs.stdout[-2000:]
+    kept = {r["trial_key"]: r for r in cluster.rows("stopped") if r["status"] == "finished"}
+    assert kept
+    again = cli(["sweep", "stop", "stopped", "--address", cluster.address], cwd=tmp_path)
+    assert again.returncode == 2 and "has no running job" in again.stderr
+    resumed = cli(["sweep", "resume", "stopped", "--address", cluster.address, "--storage", cluster.storage,
+                   "--deps", "image", "--wait"], cwd=tmp_path, env=env, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    rows = {r["trial_key"]: r for r in cluster.rows("stopped")}
+    assert len(rows) == 3 and {r["status"] for r in rows.values()} == {"finished"}
+    for key, row in kept.items():
+        assert rows[key]["started_at"] == row["started_at"]
+    print(f"stop test: {time.monotonic() - t0:.1f} s")
