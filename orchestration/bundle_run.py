@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from deepsad.checkpoint import to_json_value
 from deepsad.data.splits import make_split
 from deepsad.training import EpochReport, TrainConfig
 from orchestration import faults
-from orchestration.bundles import bundle_id
+from orchestration.bundles import keys_id
 from orchestration.cache import AECache, ae_cache_key
 from orchestration.plan import TrialConfig
 from orchestration.results import ResultStore, code_version
@@ -40,34 +40,59 @@ from orchestration.trainable import (
     _final_metrics,
     _outcome,
     resolve_device,
+    without_labels,
 )
 
 
-def run_bundle(trials: list[TrialConfig], reporter: Reporter, ctx: RunContext, lock: CacheLock) -> list[dict[str, Any]]:
-    """Train the bundle ``trials`` (see the module docstring) and return the members' rows."""
+@dataclass(frozen=True)
+class Member:
+    """One training of a bundle: its trial, the row key, extra row columns (an ablation unit's) and
+    whether the training part keeps its labels (False: Deep SVDD)."""
+
+    trial: TrialConfig
+    key: str
+    columns: dict[str, Any] = field(default_factory=dict)
+    labels: bool = True
+
+
+def run_units(units: list[Any], reporter: Reporter, ctx: RunContext, lock: CacheLock) -> list[dict[str, Any]]:
+    """A bundle of ablation units (policy fixed, Deep SAD or Deep SVDD): rows keyed by unit."""
+    return run_bundle([Member(u.trial, u.key, u.ablation_columns(), u.method == "deepsad") for u in units],
+                      reporter, ctx, lock)
+
+
+def run_bundle(members: list[Member] | list[TrialConfig], reporter: Reporter, ctx: RunContext,
+               lock: CacheLock) -> list[dict[str, Any]]:
+    """Train the bundle (see the module docstring; trial configurations or :class:`Member` s) and
+    return the members' rows."""
+    ms = [m if isinstance(m, Member) else Member(m, m.key) for m in members]
     storage = Storage.from_uri(ctx.storage_uri)
     store = ResultStore(storage)
-    bid = bundle_id(trials)
-    previous = {t.key: store.row(t.key) for t in trials}
+    bid = keys_id([m.key for m in ms])
+    previous = {m.key: store.row(m.key) for m in ms}
     done = {k: r for k, r in previous.items() if r is not None and r.get("status") == "finished"}
-    todo = [t for t in trials if t.key not in done]
-    if not todo:
-        reporter.report(_bundle_final(list(done.values()), bid, len(trials), skipped=True), None)
+    pending = [m for m in ms if m.key not in done]
+    if not pending:
+        reporter.report(_bundle_final(list(done.values()), bid, len(ms), skipped=True), None)
         return list(done.values())
     t0 = time.perf_counter()
+    todo = [m.trial for m in pending]
     device = resolve_device(todo[0].device_request)
     cfgs = [replace(t.train, device=device) for t in todo]
     splits = [make_split(_dataset(t.dataset, t.data_dir), t.protocol) for t in todo]
+    # Deep SVDD members fine-tune without labels; every member pretrains (and caches) on its split
+    fit_splits = [s if m.labels else without_labels(s) for m, s in zip(pending, splits, strict=True)]
+    keys = [m.key for m in pending]
     base: dict[str, dict[str, Any]] = {}
-    for t in todo:
-        prev = previous[t.key] or {}
-        base[t.key] = {
-            "sweep": ctx.sweep, "trial_key": t.key, "trial_id": ctx.trial_id,
+    for m in pending:
+        prev = previous[m.key] or {}
+        base[m.key] = {
+            "sweep": ctx.sweep, "trial_key": m.key, "trial_id": ctx.trial_id,
             "attempt": int(prev["attempt"]) + 1 if prev.get("attempt") else 1, "code_version": code_version(),
-            "workers": 1, "bundle": bid, "bundle_size": len(trials), **t.columns(),
-            "params_json": json.dumps(t.params, sort_keys=True), "started_at": datetime.now(UTC),
+            "workers": 1, "bundle": bid, "bundle_size": len(ms), **m.trial.columns(), **m.columns,
+            "params_json": json.dumps(m.trial.params, sort_keys=True), "started_at": datetime.now(UTC),
         }
-        store.write_trial({**base[t.key], "status": "running"})
+        store.write_trial({**base[m.key], "status": "running"})
     faults.checkpoint("trial_start", trial_key=bid)
 
     state = reporter.restored()
@@ -79,7 +104,7 @@ def run_bundle(trials: list[TrialConfig], reporter: Reporter, ctx: RunContext, l
     ae_fail: list[str | None] = [None] * len(todo)
     ae_states: list[dict[str, Any] | None] | None = None
     if state is None:
-        ae_states, cache_cols, ae_hist, ae_fail = _autoencoders(todo, cfgs, splits, ctx, storage, lock, bid)
+        ae_states, cache_cols, ae_hist, ae_fail = _autoencoders(todo, keys, cfgs, splits, ctx, storage, lock, bid)
     else:
         from deepsad.checkpoint import from_json_value
 
@@ -91,9 +116,9 @@ def run_bundle(trials: list[TrialConfig], reporter: Reporter, ctx: RunContext, l
     last_ckpt, last_report = [time.monotonic()], [0.0]
 
     def on_epoch(p: BundleProgress, state_fn: Any) -> None:
-        for t, r in zip(todo, p.reports, strict=True):
+        for key, r in zip(keys, p.reports, strict=True):
             if r is not None:
-                faults.checkpoint(f"{p.phase}_epoch", epoch=p.epoch, trial_key=t.key)
+                faults.checkpoint(f"{p.phase}_epoch", epoch=p.epoch, trial_key=key)
         due = time.monotonic() - last_ckpt[0] >= ctx.checkpoint_interval_s or p.epoch == p.epochs
         now = time.monotonic()
         if not due and now - last_report[0] < ctx.report_interval_s:
@@ -105,35 +130,36 @@ def run_bundle(trials: list[TrialConfig], reporter: Reporter, ctx: RunContext, l
             snapshot = state_fn()
             snapshot.meta.update(cache_info=cache_cols, ae_failures=ae_fail, ae_histories=to_json_value(
                 [[h.to_dict() for h in hist] for hist in ae_hist]))
-            _write_epochs(store, todo, base, ae_hist, snapshot)
+            _write_epochs(store, keys, base, ae_hist, snapshot)
         reporter.report(_progress_metrics(p, bid), snapshot)
 
-    results = train_bundle(splits, cfgs, on_epoch=on_epoch, ae_states=ae_states, resume=state)
+    results = train_bundle(fit_splits, cfgs, on_epoch=on_epoch, ae_states=ae_states, resume=state)
     rows = []
-    for t, cfg, split, res, hist0, cache, ae_failure in zip(todo, cfgs, splits, results, ae_hist, cache_cols,
+    for m, cfg, split, res, hist0, cache, ae_failure in zip(pending, cfgs, splits, results, ae_hist, cache_cols,
                                                            ae_fail, strict=True):
+        t = m.trial
         history = hist0 + [h for h in res.history if h.phase == "sad" or not hist0]
-        store.write_epochs(t.key, [_epoch_row(t.key, base[t.key]["attempt"], h) for h in history])
+        store.write_epochs(m.key, [_epoch_row(m.key, base[m.key]["attempt"], h) for h in history])
         failure = ae_failure or res.failure  # a member whose AE diverged trained from nothing: it fails
         if res.fit is None or ae_failure:
-            row = {**base[t.key], **cache, "status": "failed", "error": f"bundle member: {failure}",
+            row = {**base[m.key], **cache, "status": "failed", "error": f"bundle member: {failure}",
                    "device": device, "finished_at": datetime.now(UTC)}
             store.write_trial(row)
             rows.append(row)
             continue
-        faults.checkpoint("trial_end", trial_key=t.key)
-        row = {**base[t.key], **_outcome(res.fit, split, cfg, cache), "status": "finished",
+        faults.checkpoint("trial_end", trial_key=m.key)
+        row = {**base[m.key], **_outcome(res.fit, split, cfg, cache), "status": "finished",
                "total_seconds": time.perf_counter() - t0, "finished_at": datetime.now(UTC)}
-        row["checkpoint"] = _save_model(res.fit, storage, ctx, t, row)
+        row["checkpoint"] = _save_model(res.fit, storage, ctx, m.key, t, row)
         store.write_trial(row)
         rows.append(row)
-    reporter.report(_bundle_final(rows + list(done.values()), bid, len(trials), skipped=False), None)
+    reporter.report(_bundle_final(rows + list(done.values()), bid, len(ms), skipped=False), None)
     return rows + list(done.values())
 
 
 def _autoencoders(
-    todo: list[TrialConfig], cfgs: list[TrainConfig], splits: list[Any], ctx: RunContext, storage: Storage,
-    lock: CacheLock, bid: str,
+    todo: list[TrialConfig], row_keys: list[str], cfgs: list[TrainConfig], splits: list[Any], ctx: RunContext,
+    storage: Storage, lock: CacheLock, bid: str,
 ) -> tuple[list[dict[str, Any] | None] | None, list[dict[str, Any]], list[list[EpochReport]], list[str | None]]:
     """The members' pretrained AEs: cache hits, and the misses pretrained together under the cache
     lock. Returns (states or None without pretraining, cache columns, AE history and AE failure per
@@ -182,7 +208,7 @@ def _autoencoders(
                     assert key is not None
                     if key in held:
                         cache.put(key, res.ae.state_dict, {"ae_seconds": seconds / len(mine),
-                                                           "epochs": len(res.history), "trial_key": todo[i].key,
+                                                           "epochs": len(res.history), "trial_key": row_keys[i],
                                                            "bundle": bid, "created_at": datetime.now(UTC).isoformat()})
                         lock.release(key, owner)
                         held.discard(key)
@@ -196,19 +222,19 @@ def _autoencoders(
             lock.release(key, owner)
 
 
-def _write_epochs(store: ResultStore, todo: list[TrialConfig], base: dict[str, dict[str, Any]],
+def _write_epochs(store: ResultStore, keys: list[str], base: dict[str, dict[str, Any]],
                   ae_hist: list[list[EpochReport]], snapshot: BundleState) -> None:
     from deepsad.checkpoint import from_json_value
 
-    for t, hist0, hist in zip(todo, ae_hist, from_json_value(snapshot.meta["histories"]), strict=True):
+    for key, hist0, hist in zip(keys, ae_hist, from_json_value(snapshot.meta["histories"]), strict=True):
         reports = hist0 + [EpochReport(**h) for h in hist]
-        store.write_epochs(t.key, [_epoch_row(t.key, base[t.key]["attempt"], r) for r in reports])
+        store.write_epochs(key, [_epoch_row(key, base[key]["attempt"], r) for r in reports])
 
 
-def _save_model(fit: Any, storage: Storage, ctx: RunContext, t: TrialConfig, row: dict[str, Any]) -> str:
-    checkpoint = storage.child("checkpoints", t.key)
+def _save_model(fit: Any, storage: Storage, ctx: RunContext, key: str, t: TrialConfig, row: dict[str, Any]) -> str:
+    checkpoint = storage.child("checkpoints", key)
     with tempfile.TemporaryDirectory() as tmp:
-        fit.model.meta.update(sweep=ctx.sweep, trial_key=t.key, params=t.params, bundle=row["bundle"],
+        fit.model.meta.update(sweep=ctx.sweep, trial_key=key, params=t.params, bundle=row["bundle"],
                               metrics={k: row[k] for k in ("val_auroc", "val_ap", "test_auroc", "test_ap")})
         fit.model.save(Path(tmp) / "model")
         checkpoint.upload_dir(Path(tmp) / "model")

@@ -30,8 +30,27 @@ GPU_MEMORY_DEFAULT_GB = 16.0
 
 def bundle_id(trials: list[TrialConfig]) -> str:
     """A stable name for a bundle: its members' keys, hashed."""
-    digest = hashlib.sha256("\n".join(sorted(t.key for t in trials)).encode()).hexdigest()
-    return f"b{len(trials)}-{digest[:12]}"
+    return keys_id([t.key for t in trials])
+
+
+def keys_id(keys: list[str]) -> str:
+    """The bundle id of the members with row keys ``keys`` (order does not matter)."""
+    digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
+    return f"b{len(keys)}-{digest[:12]}"
+
+
+def make_unit_bundles(units: list[Any], size: int | str, gpus_per_trial: float = 0.0) -> list[list[Any]]:
+    """Ablation units in bundles: Deep SAD / Deep SVDD units of policy ``fixed`` are grouped like
+    trials (:func:`make_bundles`); baselines and tuned units (a study each) stay alone."""
+    packable = [u for u in units if not u.is_baseline and u.policy == "fixed"]
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for u in packable:
+        groups.setdefault(_group_key(u.trial), []).append(u)
+    out: list[list[Any]] = []
+    for members in groups.values():
+        k = auto_size(members[0].trial, gpus_per_trial) if size == "auto" else int(size)
+        out.extend(members[i : i + k] for i in range(0, len(members), max(k, 1)))
+    return out + [[u] for u in units if u.is_baseline or u.policy != "fixed"]
 
 
 def _group_key(trial: TrialConfig) -> tuple[Any, ...]:

@@ -141,6 +141,9 @@ def local_ray(
     os.environ[LOCAL_MARKER] = "1"
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(
+        # "local": always a new Ray of our own, even when another runs on this machine (without it,
+        # ray.init joins a cluster recorded in /tmp/ray/ray_current_cluster and refuses num_cpus)
+        address="local",
         num_cpus=max(int(num_cpus), 1),
         num_gpus=int(num_gpus),
         include_dashboard=True,
@@ -408,6 +411,13 @@ def tune_trial(config: dict[str, Any], payload: SweepPayload) -> None:
     ctx = RunContext(sweep=payload.name, storage_uri=payload.storage_uri,
                      trial_id=tune.get_context().get_trial_id(),
                      checkpoint_interval_s=spec.resources.checkpoint_interval_s)
+    if payload.ablation and config["cell"] in payload.bundles:  # ablation units trained as one bundle
+        from orchestration.ablation import AblationUnit
+        from orchestration.bundle_run import run_units
+
+        units = [AblationUnit.from_dict(payload.cells[k]) for k in payload.bundles[config["cell"]]]
+        run_units(units, TuneReporter(), ctx, RayCacheLock(payload.lock_name))
+        return
     if payload.ablation:  # one process per unit (the spec allows no Ray Train workers here)
         from orchestration.trainable import execute_unit
 
@@ -488,12 +498,18 @@ class StoreCallback:
 
     def _write(self, trial: Any, status: str, error: str | None) -> None:
         if self.payload.ablation:
-            from orchestration.ablation import record_unit_end
+            from orchestration.ablation import AblationUnit, record_unit_end
 
-            with contextlib.suppress(KeyError):  # a cell of another run: nothing of ours to record
-                record_unit_end(self.payload.name, Storage.from_uri(self.payload.storage_uri),
-                                self.payload.unit_for(trial.config), trial_id=trial.trial_id, status=status,
-                                error=error, last=trial.last_result or {})
+            cell = trial.config.get("cell")
+            keys = self.payload.bundles.get(cell, [cell])
+            store = ResultStore(Storage.from_uri(self.payload.storage_uri))
+            for key in keys:
+                if len(keys) > 1 and (store.row(key) or {}).get("status") in ("finished", "failed"):
+                    continue  # a bundle wrote its member's own outcome (a diverged member fails alone)
+                with contextlib.suppress(KeyError):  # a cell of another run: nothing of ours to record
+                    record_unit_end(self.payload.name, Storage.from_uri(self.payload.storage_uri),
+                                    AblationUnit.from_dict(self.payload.cells[key]), trial_id=trial.trial_id,
+                                    status=status, error=error, last={} if len(keys) > 1 else trial.last_result or {})
             return
         members = self._trials(trial)
         for cfg in members:
@@ -662,10 +678,12 @@ def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list
     if spec.search.algorithm == "tpe":
         search_alg, num_samples = search_algorithm(spec, prep.sweep_dir)
         param_space = {}
-    elif payload.bundles:
+    elif payload.bundles and not payload.ablation:
         num_samples, param_space = 1, {"bundle": tune.grid_search(pending_bundles(payload, prep.pending))}
-    else:
-        num_samples, param_space = 1, {"cell": tune.grid_search([c.key for c in prep.pending])}
+    else:  # ablation: units, and bundles of units, under one grid parameter
+        bundled = {k for keys in payload.bundles.values() for k in keys}
+        cells = pending_bundles(payload, prep.pending) + [c.key for c in prep.pending if c.key not in bundled]
+        num_samples, param_space = 1, {"cell": tune.grid_search(cells)}
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -692,11 +710,14 @@ def _payload(prep: Prepared) -> SweepPayload:
     # ablation: every unit, so that a restored Tune trial of a unit done meanwhile finds it (and skips);
     # bundles: planned over every cell, so that a resumed run finds the bundles it started with
     every = spec.ablation is not None or res.bundle_size != 1
-    if res.bundle_size != 1 and spec.ablation is None:
-        from orchestration.bundles import bundle_id, make_bundles
+    if res.bundle_size != 1:
+        from orchestration.bundles import keys_id, make_bundles, make_unit_bundles
 
-        for members in make_bundles(prep.cells, res.bundle_size, res.gpus_per_trial):
-            bundles[bundle_id(members)] = [t.key for t in members]
+        plan = (make_unit_bundles(prep.cells, res.bundle_size, res.gpus_per_trial) if spec.ablation is not None
+                else make_bundles(prep.cells, res.bundle_size, res.gpus_per_trial))
+        for members in plan:
+            if len(members) > 1 or spec.ablation is None:
+                bundles[keys_id([m.key for m in members])] = [m.key for m in members]
     return SweepPayload(
         name=spec.name, storage_uri=prep.sweep_dir.uri, spec_text=prep.spec_text,
         source=str(spec.source), base_dir=spec.base_dir,
@@ -778,7 +799,10 @@ def run_sweep(
         lock = ray.remote(num_cpus=0)(LockTable).options(name=payload.lock_name, namespace="deepsad",
                                                          get_if_exists=True, scheduling_strategy=here).remote()
         _keep_credentials_out_of_runtime_envs()
-        total = len(pending_bundles(payload, prep.pending)) if payload.bundles else _total(prep)
+        total = _total(prep)
+        if payload.bundles:
+            bundled = {k for keys in payload.bundles.values() for k in keys}
+            total = len(pending_bundles(payload, prep.pending)) + sum(c.key not in bundled for c in prep.pending)
         callbacks = [_store_callback(payload), ProgressPrinter(total=total)]
         path = prep.sweep_dir.path("tune", run_name)
         if resume:

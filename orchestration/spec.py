@@ -863,7 +863,7 @@ def _bundles(s: dict[str, Any]) -> Iterator[Problem]:
     if isinstance(size, int) and size < 1:
         yield Problem("resources.bundle_size", "must be >= 1 or auto", size)
         return
-    if search.algorithm == "tpe":
+    if search.algorithm == "tpe" and s.get("ablation") is None:
         yield Problem("resources.bundle_size", "bundles pack trials planned up front: use search.algorithm grid "
                       "or random (TPE suggests one configuration at a time)", size)  # fmt: skip
     if search.scheduler is not None:
@@ -871,8 +871,6 @@ def _bundles(s: dict[str, Any]) -> Iterator[Problem]:
                       "search.scheduler", size)  # fmt: skip
     if res.workers_per_trial > 1:
         yield Problem("resources.bundle_size", "bundles run in one process; workers_per_trial must be 1", size)
-    if s.get("ablation") is not None:
-        yield Problem("resources.bundle_size", "not yet for ablations (their cells run one per process)", size)
 
 
 @_check("train", "resources")

@@ -83,3 +83,30 @@ def test_a_tuned_cell_runs_its_whole_budget_in_one_trial_and_selects_on_validati
     (chosen,) = [r for r in got if r["selected"]]
     assert chosen["val_auroc"] == max(r["val_auroc"] for r in got)
     assert sum(r["cache_hit"] for r in got) == 2, "η does not change the autoencoder: pretrained once"
+
+
+def test_bundled_ablation_units_give_the_rows_of_unbundled_ones(tmp_path: Path) -> None:
+    spec = ablation_spec("bundled", seeds=[0, 1], methods=["deepsad", "deepsvdd", "isoforest"])
+    spec["resources"]["bundle_size"] = "auto"
+    path = write_spec(tmp_path, spec)
+    dry = cli(["sweep", "submit", str(path), "--storage", str(tmp_path / "b"), "--dry-run"], cwd=tmp_path)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    run = cli(["sweep", "submit", str(path), "--storage", str(tmp_path / "b")], cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "trials: 12 (0 failed, 12 finished" in run.stdout
+    bundled = {(r["method"], r["ratio_known_outlier"], r["seed"]): r for r in rows(tmp_path / "b", "bundled")}
+    # the 8 Deep SAD / Deep SVDD units share one bundle (one network, one schedule); baselines run alone
+    assert {r["bundle"] for r in bundled.values() if r["method"] != "isoforest"} == {next(
+        r["bundle"] for r in bundled.values() if r["method"] == "deepsad")}
+    assert all(r["bundle"] is None for r in bundled.values() if r["method"] == "isoforest")
+    spec["name"], spec["resources"]["bundle_size"] = "alone", 1
+    alone = cli(["sweep", "submit", str(write_spec(tmp_path, spec)), "--storage", str(tmp_path / "a")], cwd=tmp_path)
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    for r in rows(tmp_path / "a", "alone"):
+        twin = bundled[(r["method"], r["ratio_known_outlier"], r["seed"])]
+        assert twin["status"] == "finished" and twin["trial_key"] == r["trial_key"]
+        assert twin["test_auroc"] == pytest.approx(r["test_auroc"], abs=0.01)  # float rounding, amplified
+    # at γ_l = 0 Deep SVDD and Deep SAD are one computation: bundled, they still agree
+    for seed in (0, 1):
+        assert bundled[("deepsvdd", 0.0, seed)]["test_auroc"] == pytest.approx(
+            bundled[("deepsad", 0.0, seed)]["test_auroc"], abs=1e-9)
