@@ -30,6 +30,7 @@ def full_row(key: str = "k1", **over: Any) -> dict[str, Any]:
         "attempt": 1,
         "code_version": "v0-1-gabc",
         "bundle": None,
+        "bundle_size": None,
         "dataset": "mnist",
         "normal_classes": [0],
         "known_anomaly_classes": (1, 2),
