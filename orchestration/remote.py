@@ -323,10 +323,13 @@ def stop_sweep(address: str, name: str, storage: str | None, echo: Callable[[str
 
 @contextlib.contextmanager
 def quiet_ray_client() -> Iterator[None]:
-    """Keep Ray's client-side INFO logging (job submission chatter) off the user's terminal."""
+    """Keep Ray's client-side INFO logging (package uploads, websocket chatter) off the user's terminal."""
     import logging
 
-    loggers = [logging.getLogger(n) for n in ("ray", "ray.dashboard", "ray.job_submission")]
+    import ray.job_submission  # noqa: F401  (imports the SDK, so its loggers exist before we quiet them)
+
+    names = [n for n in logging.root.manager.loggerDict if n == "ray" or n.startswith("ray.")]
+    loggers = [logging.getLogger(n) for n in {"ray", *names}]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)

@@ -165,7 +165,9 @@ def _run(prep: object, *, resume: bool, in_cluster: bool = False) -> None:
         sys.exit(130)
     _print_summary(summary)
     name = prep.spec.name  # type: ignore[attr-defined]
-    typer.echo(f"results: `deepsad results show {name}` · status: `deepsad sweep status {name}`")
+    root = prep.sweep_dir.uri.rsplit("/", 1)[0]  # type: ignore[attr-defined]
+    where = "" if root.endswith("runs/sweeps") else f" --storage {root}"
+    typer.echo(f"results: `deepsad results show {name}{where}` · status: `deepsad sweep status {name}{where}`")
 
 
 def _print_summary(summary: dict[str, object]) -> None:
@@ -195,6 +197,16 @@ def status(
         typer.echo(f"job {job.job_id} ({job.action}, started {when}): {job.status}"
                    + (f" — {job.message}" if job.message and job.status != "SUCCEEDED" else ""))
         storage = storage or job.storage
+        if job.running:
+            from deepsad.errors import StorageError
+
+            try:
+                prep = load_submitted(name, storage)
+            except StorageError:
+                typer.echo("the driver is still validating the sweep: no trial yet")
+                return
+            status_table(prep)
+            return
     status_table(load_submitted(name, storage))
 
 
