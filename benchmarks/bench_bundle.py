@@ -1,19 +1,28 @@
 """Throughput of the bundled trainer: K Deep SAD trials in one process vs one trial at a time.
 
-MNIST, normal class 0, known anomaly class 1, γ_l = 0.01, γ_p = 0.1 (≈ 6.6k training samples per
+MNIST, normal class 0, known anomaly class 1, γ_l = 0.01, γ_p = 0.1 (≈ 5.7k training samples per
 epoch and member), batch 128, the paper's LeNet, AE pretraining + Deep SAD. Member k of a bundle
 has seed k and η = 1 + k mod 4 (a sweep); with ``--distinct-splits`` every member also gets its own
 split seed (different training sets, one shared sample pool).
 
-For every K the figures are the median over epochs (the first epoch of each phase is a warm-up and
-dropped when there are more) of the aggregate samples/s — all members' training samples over the
-epoch's wall time, validation included — and trials/hour = K / (wall time of the whole bundle,
-pretraining, centres and test metrics included). The baseline runs ``training.train`` for the same
-configurations one after another, as one trial per process would. The reference implementation
-runs ≈ 10k samples/s per GPU (see benchmarks/bench_core.py).
+Three ways to train the same trials are compared, each ``--repeats`` times; within a repetition the
+configurations run in an order rotated by one per repetition, so that load from other work on the
+machine hits all of them alike. Printed are medians over repetitions (and their range):
 
-    python benchmarks/bench_bundle.py [--k 1,2,4,8] [--device cpu] [--epochs 2] [--bf16]
-    python benchmarks/bench_bundle.py --k 1,8,64,256,512 --device cuda --bf16 --epochs 3 --val-every 3
+* ``K=k`` — one :func:`deepsad.bundle.train_bundle` call with k members (``--strategy``);
+* ``separate`` — :func:`deepsad.training.train` for ``--baseline-trials`` trials back to back in this
+  process (data loaded once);
+* ``process`` — one ``python -c`` subprocess per trial that imports torch, loads MNIST and trains one
+  trial: what a sweep without bundles pays per trial.
+
+Figures: aggregate samples/s — all members' training samples over an epoch's wall time (validation
+included), the median over a run's epochs, dropping each phase's first epoch when it has more; and
+trials/hour — trials over the wall time of the whole run (pretraining, centres, test metrics
+included; for ``process`` also start-up, imports and data loading). A trial's cost does not depend
+on K, so the baselines are measured once per repetition and every K is compared with them.
+
+    python benchmarks/bench_bundle.py --k 1,2,4,8 --epochs 1 --repeats 3
+    python benchmarks/bench_bundle.py --k 1,8,64,256 --device cuda --bf16 --epochs 3 --val-every 3
 
 Needs torch and the deepsad package only (no Ray).
 """
@@ -25,10 +34,12 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,10 +47,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deepsad.bundle import BundleProgress, train_bundle  # noqa: E402
+from deepsad.bundle_strategies import resolve_strategy  # noqa: E402
+from deepsad.data.dataset import Dataset  # noqa: E402
 from deepsad.data.sources import load_dataset  # noqa: E402
 from deepsad.data.splits import Protocol, SemiSupervisedSplit, make_split  # noqa: E402
 from deepsad.networks import default_net_config  # noqa: E402
 from deepsad.training import EpochReport, OptimConfig, TrainConfig, train  # noqa: E402
+
+Figures = dict[str, float]
 
 
 def machine() -> str:
@@ -48,7 +63,27 @@ def machine() -> str:
             f"torch {torch.__version__} ({torch.get_num_threads()} threads) · {gpu}")
 
 
-def _median_rate(rates_by_phase: dict[str, list[float]]) -> float:
+def load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+# --------------------------------------------------------------------------- the trials
+
+
+def make_split_for(data: Dataset, split_seed: int) -> SemiSupervisedSplit:
+    return make_split(data, Protocol(normal_classes=(0,), known_anomaly_classes=(1,), ratio_known_outlier=0.01,
+                                     ratio_pollution=0.1, seed=split_seed))
+
+
+def make_config(args: dict[str, Any], member: int, sample_shape: tuple[int, ...]) -> TrainConfig:
+    """Member ``member``'s configuration (also built in the ``process`` children from the same args)."""
+    epochs = int(args["epochs"])
+    phase = OptimConfig(epochs=epochs, milestones=(max(1, epochs - 1),), batch_size=int(args["batch_size"]))
+    return TrainConfig(net=default_net_config("mnist", sample_shape), sad=phase, ae=replace(phase, weight_decay=0.5e-3),
+                       device=args["device"], bf16=bool(args["bf16"]), seed=member, eta=1.0 + member % 4)
+
+
+def _epoch_rate(rates_by_phase: dict[str, list[float]]) -> float:
     """Median over both phases' epochs, each phase's first epoch dropped when it has more than one."""
     kept = [r for rates in rates_by_phase.values() for r in (rates[1:] if len(rates) > 1 else rates)]
     return statistics.median(kept)
@@ -59,7 +94,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_bundle(splits: list[SemiSupervisedSplit], cfgs: list[TrainConfig], val_every: int) -> dict[str, float]:
+def run_bundle(splits: list[SemiSupervisedSplit], cfgs: list[TrainConfig], args: dict[str, Any]) -> Figures:
     rates: dict[str, list[float]] = {"ae": [], "sad": []}
 
     def on_epoch(p: BundleProgress, _state: object) -> None:
@@ -67,79 +102,157 @@ def run_bundle(splits: list[SemiSupervisedSplit], cfgs: list[TrainConfig], val_e
         if live:
             rates[p.phase].append(sum(r.samples_per_s for r in live))  # all members, one wall time
 
-    _sync(cfgs[0].device)
+    _sync(args["device"])
     t0 = time.perf_counter()
-    out = train_bundle(splits, cfgs, on_epoch=on_epoch, val_every=val_every)
-    _sync(cfgs[0].device)
+    out = train_bundle(splits, cfgs, on_epoch=on_epoch, val_every=args["val_every"], strategy=args["strategy"])
+    _sync(args["device"])
     wall = time.perf_counter() - t0
     failed = [m.failure for m in out if m.failure is not None]
     if failed:
         print(f"  warning: {len(failed)} member(s) failed, e.g. {failed[0]}")
-    return {"samples_per_s": _median_rate(rates), "trials_per_hour": len(cfgs) * 3600 / wall, "wall_s": wall}
+    return {"samples_per_s": _epoch_rate(rates), "trials_per_hour": len(cfgs) * 3600 / wall}
 
 
-def run_sequential(splits: list[SemiSupervisedSplit], cfgs: list[TrainConfig]) -> dict[str, float]:
+def run_separate(splits: list[SemiSupervisedSplit], cfgs: list[TrainConfig], args: dict[str, Any]) -> Figures:
     rates: dict[str, list[float]] = {"ae": [], "sad": []}
-    walls = []
+    wall = 0.0
     for split, cfg in zip(splits, cfgs, strict=True):
         reports: list[EpochReport] = []
         _sync(cfg.device)
         t0 = time.perf_counter()
         train(split, cfg, on_epoch=lambda r, _s, reports=reports: reports.append(r))  # type: ignore[misc]
         _sync(cfg.device)
-        walls.append(time.perf_counter() - t0)
+        wall += time.perf_counter() - t0
         for phase in rates:
-            rates[phase] += [r.samples_per_s for r in reports if r.phase == phase][1:] or \
-                [r.samples_per_s for r in reports if r.phase == phase]
-    return {"samples_per_s": statistics.median(rates["ae"] + rates["sad"]),
-            "trials_per_hour": 3600 / statistics.median(walls), "wall_s": sum(walls)}
+            mine = [r.samples_per_s for r in reports if r.phase == phase]
+            rates[phase] += mine[1:] if len(mine) > 1 else mine
+    return {"samples_per_s": statistics.median(rates["ae"] + rates["sad"]), "trials_per_hour": len(cfgs) * 3600 / wall}
+
+
+#: A ``process`` child: import torch, load the data, train one trial, print its epoch rates as JSON.
+CHILD = """
+import json, sys
+sys.path.insert(0, {bench_dir!r})
+import bench_bundle
+print(json.dumps(bench_bundle.one_trial(json.loads(sys.argv[1]))))
+"""
+
+
+def one_trial(spec: dict[str, Any]) -> dict[str, Any]:
+    """The body of a ``process`` child (see :data:`CHILD`)."""
+    data = load_dataset("mnist", spec["data_dir"])
+    split = make_split_for(data, spec["split_seed"])
+    reports: list[EpochReport] = []
+    train(split, make_config(spec, spec["member"], data.sample_shape), on_epoch=lambda r, _s: reports.append(r))
+    return {"rates": [[r.phase, r.samples_per_s] for r in reports]}
+
+
+def run_processes(n: int, args: dict[str, Any]) -> Figures:
+    rates: dict[str, list[float]] = {"ae": [], "sad": []}
+    wall = 0.0
+    code = CHILD.format(bench_dir=str(Path(__file__).resolve().parent))
+    for member in range(n):
+        spec = {**args, "member": member, "split_seed": member if args["distinct_splits"] else 0}
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], cwd=REPO, capture_output=True,
+                              text=True, check=False)
+        wall += time.perf_counter() - t0
+        if done.returncode != 0:
+            raise SystemExit(f"process baseline failed:\n{done.stderr[-2000:]}")
+        reports = json.loads(done.stdout.strip().splitlines()[-1])["rates"]
+        for phase in rates:
+            mine = [r for p, r in reports if p == phase]
+            rates[phase] += mine[1:] if len(mine) > 1 else mine
+    return {"samples_per_s": statistics.median(rates["ae"] + rates["sad"]), "trials_per_hour": n * 3600 / wall}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _summary(values: list[float]) -> str:
+    return f"{statistics.median(values):9,.0f} [{min(values):,.0f}–{max(values):,.0f}]"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--k", default="1,2,4,8", help="comma-separated bundle sizes")
+    ap.add_argument("--strategy", default="auto", choices=["auto", "vmap", "loop"], help="bundle strategy")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--epochs", type=int, default=2, help="epochs per phase (the first is a warm-up when > 1)")
-    ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs per phase (the first is a warm-up when > 1)")
+    ap.add_argument("--repeats", type=int, default=3, help="repetitions of every configuration (medians)")
+    ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--val-every", type=int, default=1, help="validate every n-th Deep SAD epoch")
-    ap.add_argument("--baseline-trials", type=int, default=2, help="sequential training.train runs (0: none)")
+    ap.add_argument("--baseline-trials", type=int, default=2, help="trials per baseline run (0: no baselines)")
+    ap.add_argument("--no-process", action="store_true", help="skip the one-process-per-trial baseline")
     ap.add_argument("--distinct-splits", action="store_true", help="every member gets its own split seed")
     ap.add_argument("--json", help="also write the figures to this file")
-    args = ap.parse_args()
-    ks = [int(v) for v in args.k.split(",") if v.strip()]
+    ns = ap.parse_args()
+    ks = [int(v) for v in ns.k.split(",") if v.strip()]
+    if ns.repeats < 1 or ns.epochs < 1 or not ks or min(ks) < 1:
+        raise SystemExit("--repeats, --epochs and every --k must be >= 1")
+    args = vars(ns)
 
-    data = load_dataset("mnist", args.data_dir)
-    n_splits = max([*ks, args.baseline_trials]) if args.distinct_splits else 1
-    splits = [make_split(data, Protocol(normal_classes=(0,), known_anomaly_classes=(1,), ratio_known_outlier=0.01,
-                                        ratio_pollution=0.1, seed=s)) for s in range(n_splits)]
-    phase = OptimConfig(epochs=args.epochs, milestones=(max(1, args.epochs - 1),), batch_size=args.batch_size)
-    base = TrainConfig(net=default_net_config("mnist", data.sample_shape), sad=phase,
-                       ae=replace(phase, weight_decay=0.5e-3), device=args.device, bf16=args.bf16)
+    data = load_dataset("mnist", ns.data_dir)
+    n_splits = max([*ks, ns.baseline_trials]) if ns.distinct_splits else 1
+    splits = [make_split_for(data, s) for s in range(n_splits)]
 
     def members(k: int) -> tuple[list[SemiSupervisedSplit], list[TrainConfig]]:
-        return ([splits[i % n_splits] for i in range(k)],
-                [replace(base, seed=i, eta=1.0 + i % 4) for i in range(k)])
+        return ([splits[i % n_splits] for i in range(k)], [make_config(args, i, data.sample_shape) for i in range(k)])
+
+    runs: dict[str, Any] = {f"K={k}": (lambda k=k: run_bundle(*members(k), args)) for k in ks}
+    if ns.baseline_trials:
+        runs["separate"] = lambda: run_separate(*members(ns.baseline_trials), args)
+        if not ns.no_process:
+            runs["process"] = lambda: run_processes(ns.baseline_trials, args)
 
     print(f"machine: {machine()}")
-    print(f"mnist LeNet: {len(splits[0].train)} training samples/epoch per member, batch {args.batch_size}, "
-          f"device {args.device}{' bf16' if args.bf16 else ''}, {args.epochs} epoch(s) per phase, "
-          f"validation every {args.val_every} epoch(s), {'distinct splits' if args.distinct_splits else 'one split'}")
-    figures: dict[str, dict[str, float]] = {}
-    if args.baseline_trials:
-        figures["sequential"] = run_sequential(*members(args.baseline_trials))
-    for k in ks:
-        figures[f"K={k}"] = run_bundle(*members(k), args.val_every)
-        if args.device.startswith("cuda"):
-            torch.cuda.empty_cache()
-    base_rate = figures.get("sequential", {}).get("samples_per_s")
-    print(f"{'run':>12} {'samples/s':>12} {'trials/h':>10} {'wall s':>8} {'vs seq':>7}")
-    for name, f in figures.items():
-        speedup = f"{f['samples_per_s'] / base_rate:6.1f}x" if base_rate else ""
-        print(f"{name:>12} {f['samples_per_s']:12,.0f} {f['trials_per_hour']:10,.1f} {f['wall_s']:8.1f} {speedup:>7}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "args": vars(args), **figures}, indent=1))
+    print(f"load average before: {load_average()}")
+    strategy = resolve_strategy(ns.strategy, torch.device(ns.device))
+    print(f"mnist LeNet: {len(splits[0].train)} training samples/epoch per member, batch {ns.batch_size}, "
+          f"device {ns.device}{' bf16' if ns.bf16 else ''}, strategy {ns.strategy} -> {strategy}, {ns.epochs} "
+          f"epoch(s) per phase, validation every {ns.val_every}, "
+          f"{'distinct splits' if ns.distinct_splits else 'one split'}, {ns.repeats} repeats, "
+          f"baselines of {ns.baseline_trials} trials")
+    # warm-up (kernel selection, allocator): the first measured run must not pay it
+    assert data.x_test is not None and data.y_test is not None
+    warm = make_split_for(Dataset("mnist", "image", data.x_train[:2000], data.y_train[:2000], data.x_test[:200],
+                                  data.y_test[:200], source="warm-up slice"), 0)
+    warm_cfgs = [replace(make_config(args, i, data.sample_shape), sad=OptimConfig(epochs=1, batch_size=ns.batch_size),
+                         ae=OptimConfig(epochs=1, batch_size=ns.batch_size)) for i in range(2)]
+    train(warm, warm_cfgs[0])
+    train_bundle([warm, warm], warm_cfgs, strategy=ns.strategy)
+
+    results: dict[str, list[Figures]] = {name: [] for name in runs}
+    names = list(runs)
+    for rep in range(ns.repeats):
+        order = names[rep % len(names):] + names[: rep % len(names)]
+        for name in order:
+            results[name].append(runs[name]())
+            if ns.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        print(f"  repeat {rep + 1}/{ns.repeats} done (order {', '.join(order)}; load average {load_average()})",
+              flush=True)
+    print(f"load average after: {load_average()}")
+
+    med = {name: {m: statistics.median(f[m] for f in figs) for m in ("samples_per_s", "trials_per_hour")}
+           for name, figs in results.items()}
+    print(f"{'run':>9}  {'samples/s median [range]':>30}  {'trials/h median [range]':>30}  "
+          f"{'vs separate':>11}  {'vs process':>10}")
+    for name, figs in results.items():
+        line = (f"{name:>9}  {_summary([f['samples_per_s'] for f in figs]):>30}  "
+                f"{_summary([f['trials_per_hour'] for f in figs]):>30}")
+        for base in ("separate", "process"):
+            if base in med:
+                r = med[name]["samples_per_s"] / med[base]["samples_per_s"]
+                t = med[name]["trials_per_hour"] / med[base]["trials_per_hour"]
+                line += f"  {r:4.2f}x/{t:4.2f}x"
+        print(line)
+    print("(vs: ratio of medians, samples/s / trials/h)")
+    if ns.json:
+        Path(ns.json).write_text(json.dumps({"machine": machine(), "args": args, "runs": results, "medians": med},
+                                            indent=1))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,21 @@ seed, η, learning rates, weight decays and split (so training sets of different
 
 * data: :class:`~deepsad.pool.SamplePool` holds every distinct sample row once on the device; a
   member's part is a row-number vector, batches are gathered by indexing.
-* steps: each member's batch is padded to a common width with a row mask; a member whose epoch has
-  fewer batches sits out the extra steps (no Adam step, no step count, no BatchNorm update).
-* BatchNorm: masked batch statistics in training, running statistics updated outside ``vmap`` with
-  torch's rule, running statistics in eval mode (:mod:`deepsad.stacked`).
+* steps: a member whose epoch has fewer batches sits out the extra steps (no Adam step, no step
+  count, no BatchNorm update). Under ``vmap`` each member's batch is padded to a common width with
+  a row mask; under ``loop`` it is used as is.
+* BatchNorm: under ``vmap`` masked batch statistics in training, running statistics updated outside
+  ``vmap`` with torch's rule (:mod:`deepsad.stacked`); under ``loop`` torch's BatchNorm itself, its
+  update kept only for accepted steps. Running statistics in eval mode.
 * divergence: a member whose loss, gradient or parameters turn non-finite is frozen and reported as
   failed; the others are unaffected — bit for bit on CPUs (tested); a GPU may choose other
   convolution kernels for another K, so there "unaffected" means up to float rounding.
+* strategy (:mod:`deepsad.bundle_strategies`): ``vmap`` computes all members' steps in one
+  vectorised call per step (GPUs); ``loop`` gives every member its own module, in the layout of
+  :func:`deepsad.training.train`, trained on its exact batches, members' epochs in parallel on CPU
+  threads (:mod:`deepsad.workers`; CPUs, where ``vmap``'s grouped convolutions are slow).
+  ``"auto"`` picks by device. Both keep every guarantee above; a checkpoint of one resumes under
+  the other.
 
 Autoencoders are pretrained once per distinct (split, seed, network, AE settings): an η or
 fine-tuning sweep over one split and seed pretrains one AE for all its members.
@@ -36,6 +44,7 @@ import torch
 
 from deepsad import metrics
 from deepsad.bundle_phase import BundlePhase, EpochOutcome
+from deepsad.bundle_strategies import Strategy, resolve_strategy
 from deepsad.checkpoint import from_json_value, load_bundle, save_bundle, to_json_value
 from deepsad.data.splits import SemiSupervisedSplit
 from deepsad.errors import CheckpointError, ConfigError, DataError
@@ -43,7 +52,16 @@ from deepsad.model import DeepSADModel
 from deepsad.networks import build_autoencoder, build_encoder
 from deepsad.pool import SamplePool
 from deepsad.stacked import StackedNet
-from deepsad.training import AEResult, EpochReport, FitResult, Phase, TrainConfig, _seeded, transfer_encoder
+from deepsad.training import (
+    AEResult,
+    EpochReport,
+    FitResult,
+    Phase,
+    TrainConfig,
+    _seeded,
+    to_layout,
+    transfer_encoder,
+)
 
 # --------------------------------------------------------------------------- grouping
 
@@ -175,16 +193,19 @@ class _Run:
     """Shared state of one bundled run: members, pooled data, per-member histories and failures."""
 
     def __init__(self, splits: Sequence[SemiSupervisedSplit], cfgs: Sequence[TrainConfig], with_eval: bool,
-                 on_epoch: OnBundleEpoch | None, val_every: int, eval_samples: int) -> None:
+                 on_epoch: OnBundleEpoch | None, val_every: int, eval_samples: int, strategy: Strategy) -> None:
         check_bundle(splits, cfgs)
         if val_every < 1:
             raise ConfigError(f"val_every: must be >= 1 (got {val_every})")
         self.splits, self.cfgs, self.k = list(splits), list(cfgs), len(cfgs)
         self.device = torch.device(cfgs[0].device)
+        self.strategy = resolve_strategy(strategy, self.device)
         parts = [(s, s.train) for s in splits]
         if with_eval:
             parts += [(s, s.val) for s in splits] + [(s, s.test) for s in splits]
         self.pool, pooled = SamplePool.build(parts, self.device)
+        if self.strategy == "loop":  # the member modules run channels-last, as training.train does
+            self.pool = SamplePool(to_layout(self.pool.x))
         self.train, self.val, self.test = pooled[: self.k], pooled[self.k : 2 * self.k], pooled[2 * self.k :]
         self.failures: list[str | None] = [None] * self.k
         self.histories: list[list[EpochReport]] = [[] for _ in range(self.k)]
@@ -245,9 +266,10 @@ def _phase(run: _Run, phase: Phase, members: list[int], nets: Sequence[torch.nn.
     if any(o is None for o in optims):
         raise ConfigError("ae: pretraining is disabled in this configuration")
     eta = torch.tensor([cfg.eta for cfg in cfgs], dtype=torch.float32, device=run.device)
-    return BundlePhase(phase=phase, net=view, flat=flat, buffers=buffers, pool=run.pool,
+    return BundlePhase(phase=phase, net=view, template=nets[0], flat=flat, buffers=buffers, pool=run.pool,
                        parts=[run.train[k] for k in members], optims=optims,  # type: ignore[arg-type]
-                       seeds=[cfg.seed for cfg in cfgs], alive=alive, bf16=cfgs[0].bf16, eta=eta)
+                       seeds=[cfg.seed for cfg in cfgs], alive=alive, bf16=cfgs[0].bf16, strategy=run.strategy,
+                       eta=eta)
 
 
 def _pretrain(run: _Run, groups: list[list[int]], resume: BundleState | None) -> list[AEResult | None]:
@@ -258,6 +280,15 @@ def _pretrain(run: _Run, groups: list[list[int]], resume: BundleState | None) ->
         with _seeded(run.cfgs[k].seed, "ae-init"):
             nets.append(build_autoencoder(run.cfgs[k].net))
     ph = _phase(run, "ae", reps, nets, [run.failures[k] is None for k in reps])
+    try:
+        return _pretrain_epochs(run, groups, ph, resume)
+    finally:
+        ph.close()
+
+
+def _pretrain_epochs(run: _Run, groups: list[list[int]], ph: BundlePhase, resume: BundleState | None
+                     ) -> list[AEResult | None]:
+    reps = [g[0] for g in groups]
     if resume is not None:
         if resume.meta.get("ae_members") != reps:
             raise CheckpointError("cannot resume: the bundle state pretrained other autoencoders")
@@ -287,18 +318,20 @@ def _pretrain(run: _Run, groups: list[list[int]], resume: BundleState | None) ->
 
 def pretrain_bundle(
     splits: Sequence[SemiSupervisedSplit], cfgs: Sequence[TrainConfig], *, on_epoch: OnBundleEpoch | None = None,
+    strategy: Strategy = "auto",
 ) -> list[AEMemberResult]:
     """Pretrain every member's autoencoder, as :func:`deepsad.training.pretrain` does for one.
 
     Members with the same split, seed, network and AE settings share one pretraining. Returns one
-    result per member, in order.
+    result per member, in order. ``strategy``: as in :func:`train_bundle`.
 
     Raises:
-        ConfigError: the members cannot share a bundle (see :func:`check_bundle`) or have no ``ae``.
+        ConfigError: the members cannot share a bundle (see :func:`check_bundle`), have no ``ae``, or
+            ``strategy`` is unknown.
     """
     if cfgs and cfgs[0].ae is None:
         raise ConfigError("ae: pretraining is disabled in this configuration")
-    run = _Run(splits, cfgs, False, on_epoch, 1, 1)
+    run = _Run(splits, cfgs, False, on_epoch, 1, 1, strategy)
     groups = run.ae_groups()
     results = _pretrain(run, groups, None)
     by_member = {k: res for group, res in zip(groups, results, strict=True) for k in group}
@@ -314,6 +347,7 @@ def train_bundle(
     resume: BundleState | None = None,
     val_every: int = 1,
     eval_samples: int = 1 << 16,
+    strategy: Strategy = "auto",
 ) -> list[BundleMemberResult]:
     """Pretrain (unless ``cfgs[k].ae`` is None or ``ae_states`` is given) and fine-tune K members at once.
 
@@ -325,17 +359,20 @@ def train_bundle(
         resume: a :class:`BundleState` from ``on_epoch``; training continues where it was taken.
         val_every: validate every n-th Deep SAD epoch (and always after the last one).
         eval_samples: samples per eval-mode forward over all members (memory bound of evaluation).
+        strategy: ``"vmap"`` (all members in one vectorised call; GPUs), ``"loop"`` (one module per
+            member; CPUs) or ``"auto"`` (loop on a CPU, vmap elsewhere). See
+            :mod:`deepsad.bundle_strategies`; results agree up to float rounding.
 
     Returns:
         One :class:`BundleMemberResult` per member, in order; a failed member has ``fit=None`` and a
         ``failure`` reason, and never affects the others.
 
     Raises:
-        ConfigError: the members cannot share a bundle (:func:`check_bundle`) or ``ae_states`` has the
-            wrong length.
+        ConfigError: the members cannot share a bundle (:func:`check_bundle`), ``ae_states`` has the
+            wrong length, or ``strategy`` is unknown.
         CheckpointError: ``resume`` belongs to other configurations or splits.
     """
-    run = _Run(splits, cfgs, True, on_epoch, val_every, eval_samples)
+    run = _Run(splits, cfgs, True, on_epoch, val_every, eval_samples, strategy)
     if resume is not None:
         run.restore(resume)
     if ae_states is not None and len(ae_states) != run.k:
@@ -364,8 +401,15 @@ def _finetune(run: _Run, ae_states: list[dict[str, torch.Tensor] | None], resume
             run.n_transferred[k] = transfer_encoder(net, ae_states[k],  # type: ignore[arg-type]
                                                     reference_compat=cfg.reference_compat)
         nets.append(net)
+    ph = _phase(run, "sad", list(range(run.k)), nets, [f is None for f in run.failures])
+    try:
+        return _finetune_epochs(run, ph, resume)
+    finally:
+        ph.close()
+
+
+def _finetune_epochs(run: _Run, ph: BundlePhase, resume: BundleState | None) -> list[BundleMemberResult]:
     members = list(range(run.k))
-    ph = _phase(run, "sad", members, nets, [f is None for f in run.failures])
     if resume is not None:
         ph.load_state({n[4:]: v for n, v in resume.tensors.items() if n.startswith("sad.")}, resume.meta["sad"])
         run.n_transferred = [int(v) for v in resume.meta["n_transferred"]]
@@ -396,7 +440,7 @@ def _finetune(run: _Run, ae_states: list[dict[str, torch.Tensor] | None], resume
     sad_seconds = time.perf_counter() - t0
     if epochs == 0 or not val:
         val = _validate(run, ph)
-    test = ph.scores(run.test, ph.c, run.eval_samples)
+    test = ph.scores(run.test, ph.c, run.eval_samples, [k for k in range(run.k) if run.failures[k] is None])
     results = []
     for k, (split, cfg) in enumerate(zip(run.splits, run.cfgs, strict=True)):
         fit = None
@@ -439,7 +483,7 @@ def _validate(run: _Run, ph: BundlePhase) -> dict[int, tuple[float | None, float
         run.val_valid = torch.arange(width, device=run.device).view(1, -1) < torch.tensor(
             [len(p) for p in run.val], device=run.device).view(-1, 1)
     assert run.val_valid is not None
-    scores = ph.score_rows(run.val, ph.c, run.eval_samples)
+    scores = ph.score_rows(run.val, ph.c, run.eval_samples, rankable)
     auroc, ap = (v.cpu().tolist() for v in metrics.batched_auroc_ap(run.val_labels, scores, run.val_valid))
     bad = []
     for k in rankable:

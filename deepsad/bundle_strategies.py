@@ -1,21 +1,24 @@
-"""How a bundle computes its members' gradients and embeddings: vectorised (``vmap``) or one by one (``loop``).
+"""How a bundle runs its members' steps and evaluations: vectorised (``vmap``) or member by member (``loop``).
 
-:class:`~deepsad.bundle_phase.BundlePhase` owns the state every strategy shares — stacked parameters
-``flat: (K, P)``, stacked BatchNorm buffers, :class:`~deepsad.stacked.StackedAdam`, batch plans and
-divergence flags — and asks a strategy two things per step: every stepping member's gradient, loss sum
-and whether its BatchNorm statistics stayed finite (:meth:`BundleStrategy.gradients`), and, once the
-phase knows which steps it accepts, the members' running statistics after the step
-(:meth:`BundleStrategy.commit`). For evaluation it asks for eval-mode embeddings
-(:meth:`BundleStrategy.embeddings`). The stacked tensors stay the one source of truth, so a checkpoint
-written under one strategy resumes under the other.
+:class:`~deepsad.bundle_phase.BundlePhase` owns the state every strategy shares (:class:`PhaseState`:
+stacked parameters ``flat: (K, P)``, stacked BatchNorm buffers, :class:`~deepsad.stacked.StackedAdam`,
+divergence flags, centres) plus batch plans, learning-rate schedule and reporting. It hands a strategy
+one epoch's plan (:meth:`BundleStrategy.run_steps`) and asks it for eval-mode embeddings
+(:meth:`BundleStrategy.embeddings`). Both strategies apply the same rule to every member at every step
+of the plan where it has a batch: loss and gradient of its batch (sum / batch size), one Adam step
+(StackedAdam's arithmetic), torch's running-statistics update — all kept only if the loss, gradient,
+batch statistics and new parameters are finite; otherwise the member is frozen at its last finite
+state and marked diverged. The stacked tensors stay the one source of truth between epochs, so a
+checkpoint written under one strategy resumes under the other.
 
-* :class:`VmapStrategy` — one ``vmap(grad(...))`` call over all K members on padded batches, with
-  :class:`~deepsad.stacked.MaskedBatchNorm`. Nothing syncs with the host inside an epoch; this is what
-  fills a GPU.
-* :class:`LoopStrategy` — K ordinary ``nn.Module`` copies in the layout :func:`deepsad.training.train`
-  uses (channels-last images), each member's exact batch (no padding), torch's own BatchNorm. On CPUs
-  this runs each member's step with the same kernels as a separate run: ``vmap`` turns the LeNets'
-  convolutions into grouped convolutions whose backward is several times slower there.
+* :class:`VmapStrategy` — per step one ``vmap(grad(...))`` call over all K members on padded batches
+  (:class:`~deepsad.stacked.MaskedBatchNorm`) and one vectorised Adam step. Nothing syncs with the
+  host inside an epoch; this is what fills a GPU.
+* :class:`LoopStrategy` — K ordinary ``nn.Module`` copies in the layout of :func:`deepsad.training.train`
+  (channels-last images), each member's exact batch (no padding), torch's own BatchNorm; each
+  member's whole epoch runs as one task on CPU worker threads (:mod:`deepsad.workers`), so members
+  never wait for each other within an epoch. On CPUs ``vmap`` is the slow choice: it turns the
+  LeNets' convolutions into grouped convolutions, whose backward is several times slower there.
 
 ``"auto"`` picks ``loop`` on CPUs and ``vmap`` elsewhere (:func:`resolve_strategy`).
 """
@@ -33,8 +36,9 @@ from torch.func import grad, vmap
 from deepsad.errors import ConfigError
 from deepsad.objective import EPS, deep_sad_losses, reconstruction_errors, squared_distance
 from deepsad.pool import EpochPlan, PooledPart, SamplePool
-from deepsad.stacked import BatchStats, StackedNet
+from deepsad.stacked import BatchStats, StackedAdam, StackedNet
 from deepsad.training import Phase, _autocast, _is_image_net
+from deepsad.workers import MemberWorkers
 
 #: What a caller may ask for; "auto" resolves by device.
 Strategy = Literal["auto", "vmap", "loop"]
@@ -43,8 +47,11 @@ Strategy = Literal["auto", "vmap", "loop"]
 #: z: (members, columns, rep_dim) float32).
 EmbeddingChunk = tuple[slice, slice, torch.Tensor]
 
-#: Samples per eval-mode forward of one member in the loop strategy, as :func:`deepsad.training.embed`.
-LOOP_EVAL_BATCH = 4096
+#: Samples per eval-mode forward of one member in the loop strategy: convolutional nets in cache-sized
+#: chunks — the MNIST LeNet encoder embeds ~2.5x faster in chunks of 256 than of 4096
+#: (:func:`deepsad.training.embed`'s size; the embeddings are identical, measured on this project's
+#: 2-core CPU); MLPs, whose activations are small, in chunks of 4096.
+LOOP_EVAL_BATCH = {"image": 256, "tabular": 4096}
 
 
 def resolve_strategy(strategy: str, device: torch.device) -> Literal["vmap", "loop"]:
@@ -53,35 +60,35 @@ def resolve_strategy(strategy: str, device: torch.device) -> Literal["vmap", "lo
     Raises:
         ConfigError: ``strategy`` is none of ``"auto"``, ``"vmap"``, ``"loop"``.
     """
-    if strategy == "auto":
-        return "loop" if device.type == "cpu" else "vmap"
-    if strategy == "vmap" or strategy == "loop":
-        return strategy
+    if strategy == "loop" or (strategy == "auto" and device.type == "cpu"):
+        return "loop"
+    if strategy in ("vmap", "auto"):
+        return "vmap"
     raise ConfigError(f"strategy: must be 'auto', 'vmap' or 'loop' (got {strategy!r})")
 
 
-class BundleStrategy(Protocol):
-    """The per-step and evaluation work of one phase of K members.
+class PhaseState(Protocol):
+    """The members' state a strategy reads and advances (a :class:`~deepsad.bundle_phase.BundlePhase`).
 
-    Contract: a strategy never keeps parameters or buffers between calls that the phase could miss —
-    every call reads ``flat`` and ``buffers`` as passed — and never changes a member that is not
-    stepping. Results must equal a separate :func:`deepsad.training.train` run up to float rounding.
+    flat: (K, P) parameters; buffers: name -> (K, *shape) BatchNorm buffers; adam: their optimiser;
+    alive: (K,) bool, members still training; c: (K, rep_dim) centres (Deep SAD phase).
     """
 
-    def gradients(self, flat: torch.Tensor, buffers: dict[str, torch.Tensor], plan: EpochPlan, s: int,
-                  stepping: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Step ``s`` of ``plan`` for the members ``stepping: (K,) bool`` selects.
+    flat: torch.Tensor
+    buffers: dict[str, torch.Tensor]
+    adam: StackedAdam
+    alive: torch.Tensor
+    c: torch.Tensor
 
-        flat: (K, P); buffers: name -> (K, *shape); c: (K, rep_dim) (Deep SAD phase).
-        Returns ``g: (K, P)`` (gradient of loss sum / batch size), ``total: (K,)`` float32 loss sums and
-        ``finite: (K,)`` bool — loss and BatchNorm statistics finite. Rows of members that do not step
-        are unspecified but finite-safe (they are never used).
-        """
-        ...
 
-    def commit(self, buffers: dict[str, torch.Tensor], accept: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The buffers after the last :meth:`gradients` step: BatchNorm running statistics of the
-        members ``accept: (K,) bool`` selects advanced by torch's rule, all others unchanged."""
+class BundleStrategy(Protocol):
+    """The step and evaluation work of one phase of K members (see the module docstring for the rule
+    every strategy applies). Results must equal separate :func:`deepsad.training.train` runs up to
+    float rounding, and a member's results must never depend on the other members."""
+
+    def run_steps(self, ph: PhaseState, plan: EpochPlan) -> torch.Tensor:
+        """Every step of ``plan``; replaces ``ph.flat``, ``ph.buffers``, ``ph.alive`` and advances
+        ``ph.adam``. Returns (K,) float64: each member's sum of accepted steps' loss sums."""
         ...
 
     def embeddings(self, flat: torch.Tensor, buffers: dict[str, torch.Tensor], parts: Sequence[PooledPart],
@@ -92,18 +99,21 @@ class BundleStrategy(Protocol):
         """
         ...
 
+    def close(self) -> None:
+        """Release what the strategy holds (threads); it is not used afterwards."""
+        ...
+
 
 # --------------------------------------------------------------------------- vmap
 
 
 class VmapStrategy:
-    """All members in one ``vmap(grad(...))`` call on padded batches (see :mod:`deepsad.stacked`)."""
+    """All members in one ``vmap(grad(...))`` call per step on padded batches (see :mod:`deepsad.stacked`)."""
 
     def __init__(self, *, phase: Phase, net: StackedNet, pool: SamplePool, bf16: bool, eta: torch.Tensor) -> None:
         self.phase, self.net, self.pool, self.bf16, self.eta = phase, net, pool, bf16, eta
         self.device = pool.x.device
         self._grad = vmap(grad(self._member_loss, has_aux=True))
-        self._stats: BatchStats | None = None
 
     def _member_loss(
         self, flat: torch.Tensor, x: torch.Tensor, semi: torch.Tensor, mask: torch.Tensor, c: torch.Tensor,
@@ -119,23 +129,27 @@ class VmapStrategy:
         total = torch.where(mask, losses, torch.zeros_like(losses)).sum()
         return total / mask.sum(), (total.detach(), stats)
 
-    def gradients(self, flat: torch.Tensor, buffers: dict[str, torch.Tensor], plan: EpochPlan, s: int,
-                  stepping: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.pool.x[plan.rows[s]]  # (K, Bmax, *sample_shape)
-        g, (total, stats) = self._grad(flat, x, plan.semi_targets[s], plan.valid[s], c, self.eta)
-        finite = torch.isfinite(total)
-        for mean, var in stats.values():
-            finite &= torch.isfinite(mean).all(1) & torch.isfinite(var).all(1)
-        self._stats = stats
-        return g, total, finite
-
-    def commit(self, buffers: dict[str, torch.Tensor], accept: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self._stats is None:
-            raise RuntimeError("commit() without gradients()")
-        out = dict(buffers)
-        self.net.update_running_stats(out, self._stats, accept)
-        self._stats = None
-        return out
+    def run_steps(self, ph: PhaseState, plan: EpochPlan) -> torch.Tensor:
+        """Per step: one vmapped gradient, one vectorised Adam step, masked acceptance (``torch.where``,
+        never a multiplication by 0, which would spread NaN)."""
+        totals = torch.zeros(ph.flat.shape[0], dtype=torch.float64, device=self.device)
+        for s in range(plan.steps):
+            x = self.pool.x[plan.rows[s]]  # (K, Bmax, *sample_shape)
+            g, (total, stats) = self._grad(ph.flat, x, plan.semi_targets[s], plan.valid[s], ph.c, self.eta)
+            proposed = ph.adam.propose(ph.flat, g)
+            finite = torch.isfinite(total) & torch.isfinite(g).all(1) & torch.isfinite(proposed).all(1)
+            for mean, var in stats.values():
+                finite &= torch.isfinite(mean).all(1) & torch.isfinite(var).all(1)
+            stepping = plan.active[s] & ph.alive
+            accept = stepping & finite
+            ph.alive = ph.alive & ~(stepping & ~finite)
+            ph.flat = torch.where(accept.view(-1, 1), proposed, ph.flat)
+            ph.adam.commit(accept)
+            buffers = dict(ph.buffers)
+            self.net.update_running_stats(buffers, stats, accept)
+            ph.buffers = buffers
+            totals += torch.where(accept, total.double(), torch.zeros_like(totals))
+        return totals
 
     @torch.no_grad()
     def embeddings(self, flat: torch.Tensor, buffers: dict[str, torch.Tensor], parts: Sequence[PooledPart],
@@ -158,20 +172,24 @@ class VmapStrategy:
             x = self.pool.x[first[cols]] if shared else self.pool.x[rows[:, cols]]
             yield slice(None), cols, fwd(flat, buffers, x).float()
 
+    def close(self) -> None:
+        """Nothing to release."""
+
 
 # --------------------------------------------------------------------------- loop
 
 
 class LoopStrategy:
-    """One ``nn.Module`` per member, trained one after another on its exact batch.
+    """One ``nn.Module`` per member; each member's epoch is one task on the CPU worker threads.
 
     Each member module is a copy of the phase's template, moved to the device and, for image
     networks, to channels-last — the layout and kernels of :func:`deepsad.training.train`, so a
-    member's forward and backward equal a separate run's for equal parameters. Its parameters are
-    loaded from ``flat[k]`` before every use (a few small copies); its BatchNorm buffers are views of
-    a ``(K, *shape)`` staging copy of the stacked buffers, which torch's BatchNorm updates in place
-    and :meth:`commit` hands back only for accepted steps (a rejected step leaves no trace). Members
-    that do not step at all are skipped.
+    member's forward and backward equal a separate run's (with as many intra-op threads, see
+    :mod:`deepsad.workers`) for equal parameters. Its parameters are loaded from its row of ``flat``
+    before every step; its BatchNorm buffers are views of row k of a ``(K, *shape)`` staging copy,
+    which torch's BatchNorm updates in place and which is copied into the member's row of the
+    buffers only when the step is accepted. An epoch works on private copies of the stacked tensors
+    and every task touches only its own member's rows, module and batches.
     """
 
     def __init__(self, *, phase: Phase, template: nn.Module, net: StackedNet, pool: SamplePool, bf16: bool,
@@ -196,8 +214,13 @@ class LoopStrategy:
             self.params.append([module.get_parameter(n) for n in net.param_names])
         self._slots = list(zip(net.offsets, net.offsets[1:], net.param_shapes, strict=False))
         self._training: bool | None = None
-        self._plan: EpochPlan | None = None
-        self._counts: list[list[int]] = []
+        image = _is_image_net(template)
+        self.workers = MemberWorkers(k, self.device, wanted=image)
+        self.eval_batch = LOOP_EVAL_BATCH["image" if image else "tabular"]
+
+    def close(self) -> None:
+        """Stop the worker threads (the strategy is not used afterwards)."""
+        self.workers.close()
 
     def _mode(self, training: bool) -> None:
         if self._training is not training:
@@ -212,58 +235,80 @@ class LoopStrategy:
         for p, (a, b, shape) in zip(self.params[k], self._slots, strict=True):
             p.copy_(row[a:b].view(shape))
 
+    @torch.no_grad()
     def _stage(self, buffers: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for name, staged in self.staging.items():
-                staged.copy_(buffers[name])
+        for name, staged in self.staging.items():
+            staged.copy_(buffers[name])
 
-    def gradients(self, flat: torch.Tensor, buffers: dict[str, torch.Tensor], plan: EpochPlan, s: int,
-                  stepping: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if plan is not self._plan:  # once per epoch: batch sizes on the host (valid rows are a prefix)
-            self._plan, self._counts = plan, plan.valid.sum(-1).tolist()
+    def _gradient(self, plan: EpochPlan, s: int, n: int, c: torch.Tensor, k: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Member k's step s on its n rows: (gradient of loss sum / n (P,), loss sum ())."""
+        x = self.pool.x[plan.rows[s, k, :n]]
+        with _autocast(self.device, self.bf16):
+            out = self.modules[k](x)
+        if self.phase == "ae":
+            losses = reconstruction_errors(out.float(), x)
+        else:
+            losses = deep_sad_losses(squared_distance(out.float(), c[k]), plan.semi_targets[s, k, :n],
+                                     self.eta[k], EPS)
+        loss_sum = losses.sum()
+        grads = torch.autograd.grad(loss_sum / n, self.params[k])
+        return torch.cat([gr.reshape(-1) for gr in grads]), loss_sum.detach()
+
+    def run_steps(self, ph: PhaseState, plan: EpochPlan) -> torch.Tensor:
+        counts: list[list[int]] = plan.valid.sum(-1).tolist()  # valid rows are a prefix of each batch
+        active: list[list[bool]] = plan.active.tolist()
+        alive: list[bool] = ph.alive.tolist()
+        flat = ph.flat.clone()  # private copies: tasks update their rows in place
+        buffers = {n: v.clone() for n, v in ph.buffers.items()}
+        ph.adam.own()
         self._mode(True)
         self._stage(buffers)
-        g = torch.zeros_like(flat)
-        total = torch.zeros(flat.shape[0], dtype=torch.float32, device=flat.device)
-        for k, on in enumerate(stepping.tolist()):
-            if not on:
-                continue
-            self._load(k, flat)
-            n = self._counts[s][k]
-            x = self.pool.x[plan.rows[s, k, :n]]
-            with _autocast(self.device, self.bf16):
-                out = self.modules[k](x)
-            if self.phase == "ae":
-                losses = reconstruction_errors(out.float(), x)
-            else:
-                losses = deep_sad_losses(squared_distance(out.float(), c[k]), plan.semi_targets[s, k, :n],
-                                         self.eta[k], EPS)
-            loss_sum = losses.sum()
-            grads = torch.autograd.grad(loss_sum / n, self.params[k])
-            torch.cat([gr.reshape(-1) for gr in grads], out=g[k])
-            total[k] = loss_sum.detach()
-        finite = torch.isfinite(total)
-        for name in self._float_buffers:  # running stats finite <=> this step's batch statistics finite
-            finite &= torch.isfinite(self.staging[name]).flatten(1).all(1)
-        return g, total, finite
 
-    def commit(self, buffers: dict[str, torch.Tensor], accept: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, staged in self.staging.items():
-            keep = accept.view(-1, *([1] * (staged.dim() - 1)))
-            out[name] = torch.where(keep, staged, buffers[name])
-        return out
+        def member_epoch(k: int) -> tuple[float, bool]:
+            """Member k's steps of the epoch (on a worker): (loss sum of accepted steps, still alive)."""
+            total = 0.0
+            for s, row in enumerate(active):
+                if not row[k]:
+                    continue
+                self._load(k, flat)
+                g, loss_sum = self._gradient(plan, s, counts[s][k], ph.c, k)
+                proposed, moments = ph.adam.propose_row(k, flat[k], g)
+                staged = torch.cat([self.staging[n][k].reshape(-1) for n in self._float_buffers])
+                finite = (torch.isfinite(loss_sum) & torch.isfinite(g).all() & torch.isfinite(proposed).all()
+                          & torch.isfinite(staged).all())
+                if not bool(finite):
+                    return total, False  # frozen: flat, moments and buffers keep the last finite step
+                with torch.no_grad():
+                    flat[k].copy_(proposed)
+                    ph.adam.commit_row(k, moments)
+                    for name, staged_buffer in self.staging.items():
+                        buffers[name][k].copy_(staged_buffer[k])
+                total += float(loss_sum)  # float64 sum of float32 step sums, as the vectorised path
+            return total, True
 
-    @torch.no_grad()
+        members = [k for k, on in enumerate(alive) if on]
+        results = self.workers.map(member_epoch, members)
+        totals = [0.0] * len(alive)
+        for k, (total, still) in zip(members, results, strict=True):
+            totals[k], alive[k] = total, still
+        ph.flat, ph.buffers = flat, buffers
+        ph.alive = torch.tensor(alive, dtype=torch.bool, device=self.device)
+        return torch.tensor(totals, dtype=torch.float64, device=self.device)
+
     def embeddings(self, flat: torch.Tensor, buffers: dict[str, torch.Tensor], parts: Sequence[PooledPart],
                    eval_samples: int, members: Sequence[int]) -> Iterator[EmbeddingChunk]:
-        """Only ``members``, one at a time, in chunks of ``min(eval_samples, LOOP_EVAL_BATCH)`` rows."""
+        """Only ``members``, on the workers, each in chunks of ``min(eval_samples, LOOP_EVAL_BATCH[...])`` rows."""
         self._mode(False)
         self._stage(buffers)
-        chunk = max(1, min(eval_samples, LOOP_EVAL_BATCH))
-        for k in members:
+        chunk = max(1, min(eval_samples, self.eval_batch))
+
+        @torch.no_grad()  # grad mode is per thread: set it on the worker
+        def embed(k: int) -> list[EmbeddingChunk]:
             self._load(k, flat)
             rows = parts[k].rows
-            for a in range(0, len(rows), chunk):
-                cols = slice(a, min(a + chunk, len(rows)))
-                yield slice(k, k + 1), cols, self.modules[k](self.pool.x[rows[cols]]).float().unsqueeze(0)
+            return [(slice(k, k + 1), cols, self.modules[k](self.pool.x[rows[cols]]).float().unsqueeze(0))
+                    for cols in (slice(a, min(a + chunk, len(rows))) for a in range(0, len(rows), chunk))]
+
+        for chunks in self.workers.map(embed, list(members)):
+            yield from chunks

@@ -48,29 +48,38 @@ class PooledPart:
 
 
 class _RowGroup:
-    """Rows of one (data set, source, preprocessing) identity, stored at their source index."""
+    """Rows of one (data set, source, preprocessing) identity: sorted unique source indices and their rows.
+
+    Stored compactly (not at their source index): a part of a few thousand rows of a 60k-row source
+    costs its own rows, not a 60k-row array (whose page faults dominated building a small bundle).
+    """
 
     def __init__(self, sample_shape: tuple[int, ...]) -> None:
+        self.index = np.empty(0, dtype=np.int64)
         self.data = np.empty((0, *sample_shape), dtype=np.float32)
-        self.have = np.zeros(0, dtype=bool)
+
+    def positions(self, idx: np.ndarray) -> np.ndarray:
+        """Rows of the (held) source indices ``idx`` in :attr:`data`."""
+        return np.searchsorted(self.index, idx)
 
     def try_add(self, part: Part) -> bool:
         """Add the part's rows unless a row it shares with the group differs; True when added."""
-        idx = part.indices
-        need = int(idx.max()) + 1 if idx.size else 0
-        if need > self.have.size:
-            cap = max(need, 2 * self.have.size)
-            data = np.empty((cap, *self.data.shape[1:]), dtype=np.float32)
-            data[: self.have.size] = self.data
-            have = np.zeros(cap, dtype=bool)
-            have[: self.have.size] = self.have
-            self.data, self.have = data, have
-        seen = self.have[idx]
+        idx = np.asarray(part.indices, dtype=np.int64)
+        if self.index.size == 0 and bool(np.all(idx[1:] > idx[:-1])):  # the usual first part: sorted, unique
+            self.index, self.data = idx, np.asarray(part.x, dtype=np.float32)  # never written in place
+            return True
+        pos = self.positions(idx)
+        seen = pos < self.index.size
+        seen[seen] = self.index[pos[seen]] == idx[seen]
         x = np.asarray(part.x, dtype=np.float32)
-        if seen.any() and not np.array_equal(self.data[idx[seen]], x[seen]):
+        if seen.any() and not np.array_equal(self.data[pos[seen]], x[seen]):
             return False
-        self.data[idx[~seen]] = x[~seen]
-        self.have[idx] = True
+        new, first = np.unique(idx[~seen], return_index=True)
+        if new.size:
+            index = np.concatenate([self.index, new])
+            order = np.argsort(index, kind="stable")
+            self.index = index[order]
+            self.data = np.concatenate([self.data, x[~seen][first]])[order]
         return True
 
 
@@ -113,20 +122,17 @@ class SamplePool:
                 candidates.append(group)
             by_array[id(part)] = (part, group)
             placed.append((group, part.indices))
-        # Compact every group to the rows it holds; a row's pool number = group offset + rank.
-        chunks, row_of, offset = [], {}, 0
+        # Groups one after another; a row's pool number = group offset + its position in the group.
+        chunks, offsets, offset = [], {}, 0
         for group in (g for gs in groups.values() for g in gs):
-            held = np.flatnonzero(group.have)
-            lookup = np.full(group.have.size, -1, dtype=np.int64)
-            lookup[held] = np.arange(held.size) + offset
-            row_of[id(group)] = lookup
-            chunks.append(group.data[held])
-            offset += held.size
+            offsets[id(group)] = offset
+            chunks.append(group.data)
+            offset += group.index.size
         x = torch.from_numpy(np.concatenate(chunks) if chunks else np.empty((0, *shape), np.float32))
         pool = cls(x.to(device))
         pooled = []
         for (group, idx), (_, part) in zip(placed, parts, strict=True):
-            rows = torch.from_numpy(row_of[id(group)][idx])
+            rows = torch.from_numpy(group.positions(np.asarray(idx, dtype=np.int64)) + offsets[id(group)])
             pooled.append(PooledPart(rows.to(device), rows, torch.as_tensor(part.semi_targets, dtype=torch.int64),
                                      np.asarray(part.labels)))
         return pool, pooled

@@ -209,19 +209,47 @@ class StackedAdam:
         self.weight_decay = torch.tensor(list(weight_decay), dtype=flat.dtype, device=device).view(-1, 1)
         self._proposal: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def _update(self, rows: slice, flat: torch.Tensor, grad: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Adam for the members ``rows``: flat, grad (R, P) -> (new parameters, exp_avg, exp_avg_sq)."""
+        g = grad + self.weight_decay[rows] * flat
+        m = torch.lerp(self.exp_avg[rows], g, 1 - self.BETA1)
+        v = torch.addcmul(self.exp_avg_sq[rows] * self.BETA2, g, g, value=1 - self.BETA2)
+        step = self.step_count[rows] + 1
+        # Bias corrections in float64 as torch computes them in Python, then one cast per member.
+        step_size = (self.lr[rows] / (1 - self.BETA1**step)).to(flat.dtype).view(-1, 1)
+        bc2_sqrt = torch.sqrt(1 - self.BETA2**step).to(flat.dtype).view(-1, 1)
+        denom = v.sqrt() / bc2_sqrt + self.EPS
+        return flat + (-step_size * m) / denom, m, v
+
     @torch.no_grad()
     def propose(self, flat: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """The parameters after one Adam step of every member, ``(K, P)``; nothing is stored yet."""
-        g = grad + self.weight_decay * flat
-        m = torch.lerp(self.exp_avg, g, 1 - self.BETA1)
-        v = torch.addcmul(self.exp_avg_sq * self.BETA2, g, g, value=1 - self.BETA2)
-        step = self.step_count + 1
-        # Bias corrections in float64 as torch computes them in Python, then one cast per member.
-        step_size = (self.lr / (1 - self.BETA1**step)).to(flat.dtype).view(-1, 1)
-        bc2_sqrt = torch.sqrt(1 - self.BETA2**step).to(flat.dtype).view(-1, 1)
-        denom = v.sqrt() / bc2_sqrt + self.EPS
+        new, m, v = self._update(slice(None), flat, grad)
         self._proposal = (m, v)
-        return flat + (-step_size * m) / denom
+        return new
+
+    @torch.no_grad()
+    def propose_row(self, k: int, flat: torch.Tensor, grad: torch.Tensor
+                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`propose` for member k alone (the same arithmetic, elementwise): flat, grad (P,) ->
+        (new parameters (P,), moments for :meth:`commit_row`). Touches no other member: members may
+        step concurrently from different threads, after :meth:`own`."""
+        new, m, v = self._update(slice(k, k + 1), flat.view(1, -1), grad.view(1, -1))
+        return new[0], (m[0], v[0])
+
+    @torch.no_grad()
+    def commit_row(self, k: int, moments: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Member k's accepted step, in place: its moments and step count."""
+        self.exp_avg[k].copy_(moments[0])
+        self.exp_avg_sq[k].copy_(moments[1])
+        self.step_count[k] += 1
+
+    def own(self) -> None:
+        """Replace the moments and step counts by private copies (they may alias a loaded checkpoint's
+        tensors), before :meth:`commit_row` updates them in place."""
+        self.exp_avg, self.exp_avg_sq = self.exp_avg.clone(), self.exp_avg_sq.clone()
+        self.step_count = self.step_count.clone()
 
     @torch.no_grad()
     def commit(self, accept: torch.Tensor) -> None:

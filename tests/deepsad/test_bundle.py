@@ -1,15 +1,34 @@
-"""The bundled trainer equals K separate ``training.train`` runs; its parts equal torch's modules."""
+"""The bundled trainer equals K separate ``training.train`` runs under both strategies (its parts are
+tested in test_stacked.py, test_pool.py and test_workers.py).
+
+Tolerances of the equivalence tests (``assert_member_equals_run``: weights/c relative to each tensor's
+max, per-epoch loss relative, eval scores relative to their max) and why:
+
+* ``loop`` runs each member's forward and backward with the very modules, layout (channels-last
+  images) and kernels of ``training.train``; only the optimiser differs — StackedAdam's vectorised
+  arithmetic (e.g. L2 decay added without torch's fused multiply-add) rounds differently from
+  ``torch.optim.Adam`` in the last bit. Measured: ≤ 2e-6 (weights), most members bit-identical.
+  Tolerances 1e-5 / 1e-6 / 1e-5. The reference runs with the intra-op thread count the members use
+  (:func:`deepsad.workers.member_threads`: 1 for LeNet members, which run in parallel on worker
+  threads): torch's own kernels round differently with 1 and 2 threads, and 2 LeNet epochs per
+  phase amplify that to 3e-2..9e-2 between two ``train`` runs that differ only in
+  ``torch.set_num_threads`` (measured, torch 2.13) — for the MLP it is ≤ 1e-5.
+* ``vmap`` computes every convolution as a grouped one and BatchNorm by masked sums, so forward and
+  backward round differently each step and training amplifies that. Measured: ≤ 2e-5 (MLP) and
+  ≤ 1e-4 (LeNet) on weights. Tolerances 1e-4 / 1e-5 / 1e-5 (MLP), 3e-4 / 1e-5 / 1e-4 (LeNet). It is
+  compared against ``train`` on contiguous tensors (see ``_plain_layout``).
+"""
 
 from __future__ import annotations
 
-import copy
+import contextlib
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch.func import vmap
 
 from deepsad import training
 from deepsad.bundle import (
@@ -21,29 +40,15 @@ from deepsad.bundle import (
     pretrain_bundle,
     train_bundle,
 )
-from deepsad.data.dataset import Dataset
-from deepsad.data.sources import load_dataset
-from deepsad.data.splits import Protocol, SemiSupervisedSplit, make_split
+from deepsad.bundle_strategies import Strategy, resolve_strategy
+from deepsad.data.splits import SemiSupervisedSplit
 from deepsad.distributed import batches
 from deepsad.errors import CheckpointError, ConfigError
-from deepsad.networks import NetConfig, build_autoencoder, default_net_config
-from deepsad.pool import SamplePool, epoch_plan
-from deepsad.stacked import StackedAdam, StackedNet
+from deepsad.networks import default_net_config
 from deepsad.training import FitResult, OptimConfig, TrainConfig, finetune, pretrain, train
+from deepsad.workers import member_threads, threaded
 
 # --------------------------------------------------------------------------- fixtures
-
-
-def _digits_split(normal: tuple[int, ...], known: int, seed: int, pollution: float) -> SemiSupervisedSplit:
-    return make_split(load_dataset("digits", None), Protocol(
-        normal_classes=normal, known_anomaly_classes=(known,), n_labeled_anomalies=8, ratio_pollution=pollution,
-        seed=seed))
-
-
-@pytest.fixture(scope="module")
-def digits_splits() -> list[SemiSupervisedSplit]:
-    """Three splits of different sizes (103, 121, ~215 training samples) and protocols."""
-    return [_digits_split((0,), 1, 0, 0.05), _digits_split((0,), 1, 1, 0.2), _digits_split((2, 3), 4, 0, 0.1)]
 
 
 def _mlp_configs(split: SemiSupervisedSplit) -> list[TrainConfig]:
@@ -60,20 +65,48 @@ def _mlp_configs(split: SemiSupervisedSplit) -> list[TrainConfig]:
     ]
 
 
-@pytest.fixture(scope="module")
-def mlp_bundle(digits_splits: list[SemiSupervisedSplit]) -> list[BundleMemberResult]:
-    return train_bundle(digits_splits, _mlp_configs(digits_splits[0]))
+STRATEGIES = ["vmap", "loop"]
+
+#: assert_member_equals_run tolerances per strategy (see the module docstring).
+MLP_TOL = {"vmap": {"weights": 1e-4, "losses": 1e-5, "scores": 1e-5},
+           "loop": {"weights": 1e-5, "losses": 1e-6, "scores": 1e-5}}
+LENET_TOL = {"vmap": {"weights": 3e-4, "losses": 1e-5, "scores": 1e-4},
+             "loop": {"weights": 1e-5, "losses": 1e-6, "scores": 1e-5}}
+
+
+@pytest.fixture(scope="module", params=STRATEGIES)
+def strategy(request: pytest.FixtureRequest) -> Strategy:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def mnist_splits(shared_data: Path) -> list[SemiSupervisedSplit]:
-    full = load_dataset("mnist", shared_data)
-    assert full.x_test is not None and full.y_test is not None
-    small = Dataset("mnist", "image", full.x_train[:1200], full.y_train[:1200], full.x_test[:300],
-                    full.y_test[:300], source="test slice")
-    return [make_split(small, Protocol(normal_classes=n, known_anomaly_classes=(a,), n_labeled_anomalies=m,
-                                       ratio_pollution=0.05, seed=s))
-            for n, a, m, s in [((0,), 1, 5, 0), ((0,), 1, 3, 1), ((2, 3), 4, 5, 0)]]
+def mlp_bundle(digits_splits: list[SemiSupervisedSplit], strategy: Strategy) -> list[BundleMemberResult]:
+    return train_bundle(digits_splits, _mlp_configs(digits_splits[0]), strategy=strategy)
+
+
+@contextlib.contextmanager
+def kernel_threads(strategy: Strategy, *, image: bool = False) -> Iterator[None]:
+    """Run reference ``train`` calls with the intra-op threads the strategy's member kernels use
+    (the loop strategy runs convolutional members on worker threads, single-threaded)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(member_threads(torch.device("cpu"), image) if strategy == "loop" else before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_MLP_RUNS: dict[int, list[FitResult]] = {}
+
+
+def mlp_runs(splits: list[SemiSupervisedSplit], strategy: Strategy) -> list[FitResult]:
+    """The MLP members trained separately with ``training.train`` under ``kernel_threads(strategy)``
+    (cached per thread count: both strategies' tests share them where they can)."""
+    with kernel_threads(strategy):
+        threads = torch.get_num_threads()
+        if threads not in _MLP_RUNS:
+            _MLP_RUNS[threads] = [train(s, c) for s, c in zip(splits, _mlp_configs(splits[0]), strict=True)]
+    return _MLP_RUNS[threads]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -127,56 +160,70 @@ def _plain_layout(monkeypatch: pytest.MonkeyPatch) -> None:
 # --------------------------------------------------------------------------- equivalence with separate runs
 
 
-def test_mlp_bundle_equals_separate_runs(digits_splits: list[SemiSupervisedSplit],
+def test_mlp_bundle_equals_separate_runs(digits_splits: list[SemiSupervisedSplit], strategy: Strategy,
                                          mlp_bundle: list[BundleMemberResult]) -> None:
-    cfgs = _mlp_configs(digits_splits[0])
     sizes = [len(s.train) for s in digits_splits]
     steps = [len(batches(torch.arange(n), 20)) for n in sizes]
     assert len(set(steps)) > 1, "members must have different numbers of steps per epoch"
     assert any(n % 20 == 1 for n in sizes), "one member must have a merged final batch (21 rows)"
-    for member, split, cfg in zip(mlp_bundle, digits_splits, cfgs, strict=True):
+    for member, split, ref in zip(mlp_bundle, digits_splits, mlp_runs(digits_splits, strategy), strict=True):
         assert member.ok and member.failure is None and member.fit is not None
-        assert_member_equals_run(member.fit, train(split, cfg), split, weights=1e-4, losses=1e-5, scores=1e-5)
+        assert_member_equals_run(member.fit, ref, split, **MLP_TOL[strategy])
 
 
-def test_lenet_bundle_equals_separate_runs(mnist_splits: list[SemiSupervisedSplit],
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_lenet_bundle_equals_separate_runs(mnist_splits: list[SemiSupervisedSplit], strategy: Strategy,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``loop`` runs channels-last like ``train`` and is compared with it as is; ``vmap`` with ``train``
+    on contiguous tensors (see ``_plain_layout`` and the module docstring for the tolerances)."""
     base = _lenet_config()
     cfgs = [base, replace(base, seed=4, eta=2.0, sad=replace(base.sad, lr=2e-3, weight_decay=1e-4)),
             replace(base, seed=5, eta=0.5, ae=replace(base.ae, lr=5e-4, weight_decay=1e-5))]  # type: ignore[type-var]
-    bundle = train_bundle(mnist_splits, cfgs)
-    _plain_layout(monkeypatch)
+    bundle = train_bundle(mnist_splits, cfgs, strategy=strategy)
+    if strategy == "vmap":
+        _plain_layout(monkeypatch)
     for member, split, cfg in zip(bundle, mnist_splits, cfgs, strict=True):
         assert member.fit is not None, member.failure
-        assert_member_equals_run(member.fit, train(split, cfg), split, weights=3e-4, losses=1e-5, scores=1e-4)
+        with kernel_threads(strategy, image=True):
+            ref = train(split, cfg)
+        assert_member_equals_run(member.fit, ref, split, **LENET_TOL[strategy])
 
 
-def test_pretrain_bundle_shares_an_autoencoder_per_split_and_seed(digits_splits: list[SemiSupervisedSplit]) -> None:
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_pretrain_bundle_shares_an_autoencoder_per_split_and_seed(digits_splits: list[SemiSupervisedSplit],
+                                                                  strategy: Strategy) -> None:
     base = _mlp_configs(digits_splits[0])[0]
     cfgs = [base, replace(base, eta=3.0, sad=replace(base.sad, lr=5e-3)), replace(base, seed=9)]
     splits = [digits_splits[0], digits_splits[0], digits_splits[1]]
     seen: list[BundleProgress] = []
-    results = pretrain_bundle(splits, cfgs, on_epoch=lambda p, _s: seen.append(p))
+    results = pretrain_bundle(splits, cfgs, on_epoch=lambda p, _s: seen.append(p),
+                              strategy=strategy)
     assert results[0].ae is results[1].ae  # one pretraining for both η settings
     assert all(len(p.reports) == 3 and all(r is not None for r in p.reports) for p in seen)
     for res, split, cfg in zip(results, splits, cfgs, strict=True):
         assert res.ae is not None
-        ref = pretrain(split, cfg)
+        with kernel_threads(strategy):
+            ref = pretrain(split, cfg)
         for name, value in ref.state_dict.items():
             torch.testing.assert_close(res.ae.state_dict[name], value, rtol=0,
                                        atol=1e-4 * float(value.abs().max()) if value.is_floating_point() else 0)
         np.testing.assert_allclose([h.loss for h in res.history], [h.loss for h in ref.history], rtol=1e-5)
 
 
-def test_cached_autoencoders_are_transferred_as_finetune_does(digits_splits: list[SemiSupervisedSplit]) -> None:
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_cached_autoencoders_are_transferred_as_finetune_does(digits_splits: list[SemiSupervisedSplit],
+                                                              strategy: Strategy) -> None:
     cfgs = _mlp_configs(digits_splits[0])[:2]
-    ae = pretrain(digits_splits[0], cfgs[0]).state_dict
-    out = train_bundle(digits_splits[:2], cfgs, ae_states=[ae, None])  # member 1: random init, no transfer
+    with kernel_threads(strategy):
+        ae = pretrain(digits_splits[0], cfgs[0]).state_dict
+    out = train_bundle(digits_splits[:2], cfgs, ae_states=[ae, None],  # member 1: random init, no transfer
+                       strategy=strategy)
     for member, split, cfg, state in zip(out, digits_splits[:2], cfgs, [ae, None], strict=True):
         assert member.fit is not None
         assert [h.phase for h in member.history] == ["sad"] * 4
-        ref = finetune(split, cfg, ae_state=state)
-        assert_member_equals_run(member.fit, ref, split, weights=1e-4, losses=1e-5, scores=1e-5)
+        with kernel_threads(strategy):
+            ref = finetune(split, cfg, ae_state=state)
+        assert_member_equals_run(member.fit, ref, split, **MLP_TOL[strategy])
     with pytest.raises(ConfigError, match="ae_states: 1 given for 2 members"):
         train_bundle(digits_splits[:2], cfgs, ae_states=[ae])
 
@@ -185,11 +232,12 @@ def test_cached_autoencoders_are_transferred_as_finetune_does(digits_splits: lis
 
 
 def _assert_isolated(splits: list[SemiSupervisedSplit], cfgs: list[TrainConfig],
-                     alone: list[BundleMemberResult]) -> None:
+                     alone: list[BundleMemberResult], strategy: Strategy) -> None:
     """A member with an exploding learning rate, added to the bundle, fails alone; the others are bit
     for bit what they are without it (on CPUs; a GPU may pick other kernels for another K)."""
     exploding = replace(cfgs[0], seed=11, sad=replace(cfgs[0].sad, lr=1e30))
-    mixed = train_bundle([splits[0], splits[1], splits[1], splits[2]], [cfgs[0], cfgs[1], exploding, cfgs[2]])
+    mixed = train_bundle([splits[0], splits[1], splits[1], splits[2]], [cfgs[0], cfgs[1], exploding, cfgs[2]],
+                         strategy=strategy)
     failed = mixed[2]
     assert failed.fit is None and not failed.ok
     assert failed.failure is not None and "diverged" in failed.failure and "sad epoch 1" in failed.failure
@@ -203,30 +251,35 @@ def _assert_isolated(splits: list[SemiSupervisedSplit], cfgs: list[TrainConfig],
         assert (a.fit.val_auroc, a.fit.test_auroc) == (member.fit.val_auroc, member.fit.test_auroc)
 
 
-def test_a_diverging_member_is_isolated(digits_splits: list[SemiSupervisedSplit],
+def test_a_diverging_member_is_isolated(digits_splits: list[SemiSupervisedSplit], strategy: Strategy,
                                         mlp_bundle: list[BundleMemberResult]) -> None:
-    _assert_isolated(digits_splits, _mlp_configs(digits_splits[0]), mlp_bundle)
+    _assert_isolated(digits_splits, _mlp_configs(digits_splits[0]), mlp_bundle, strategy)
 
 
-def test_a_diverging_lenet_member_is_isolated(mnist_splits: list[SemiSupervisedSplit]) -> None:
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_diverging_lenet_member_is_isolated(mnist_splits: list[SemiSupervisedSplit], strategy: Strategy) -> None:
     cfgs = [replace(_lenet_config(), seed=s) for s in (3, 4, 5)]
-    _assert_isolated(mnist_splits, cfgs, train_bundle(mnist_splits, cfgs))
+    _assert_isolated(mnist_splits, cfgs, train_bundle(mnist_splits, cfgs, strategy=strategy),
+                     strategy)
 
 
-def test_bf16_autocast_trains_every_member_close_to_fp32(digits_splits: list[SemiSupervisedSplit],
+def test_bf16_autocast_trains_every_member_close_to_fp32(digits_splits: list[SemiSupervisedSplit], strategy: Strategy,
                                                          mlp_bundle: list[BundleMemberResult]) -> None:
     cfgs = [replace(c, bf16=True) for c in _mlp_configs(digits_splits[0])]
-    for half, full in zip(train_bundle(digits_splits, cfgs), mlp_bundle, strict=True):
+    for half, full in zip(train_bundle(digits_splits, cfgs, strategy=strategy),
+                          mlp_bundle, strict=True):
         assert half.fit is not None and full.fit is not None
         np.testing.assert_allclose([h.loss for h in half.history], [h.loss for h in full.history], rtol=0.1)
         assert all(v.dtype == torch.float32 for v in half.fit.model.state_dict.values() if v.is_floating_point())
 
 
-def test_a_member_whose_autoencoder_diverges_fails_in_pretraining(digits_splits: list[SemiSupervisedSplit]) -> None:
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_member_whose_autoencoder_diverges_fails_in_pretraining(digits_splits: list[SemiSupervisedSplit],
+                                                                  strategy: Strategy) -> None:
     cfgs = _mlp_configs(digits_splits[0])
     assert cfgs[0].ae is not None
     bad = replace(cfgs[0], seed=12, ae=replace(cfgs[0].ae, lr=1e30))
-    out = train_bundle(digits_splits[:2], [bad, cfgs[1]])
+    out = train_bundle(digits_splits[:2], [bad, cfgs[1]], strategy=strategy)
     assert out[0].failure is not None and "ae epoch 1" in out[0].failure and out[0].fit is None
     assert out[1].ok
 
@@ -276,7 +329,7 @@ def test_progress_reports_every_member_and_validates_every_n_epochs(digits_split
     assert all(m.fit is not None and m.fit.n_transferred == 0 for m in out)
 
 
-def test_resumed_bundle_equals_uninterrupted(digits_splits: list[SemiSupervisedSplit],
+def test_resumed_bundle_equals_uninterrupted(digits_splits: list[SemiSupervisedSplit], strategy: Strategy,
                                              mlp_bundle: list[BundleMemberResult], tmp_path: Path) -> None:
     cfgs = _mlp_configs(digits_splits[0])
 
@@ -290,10 +343,10 @@ def test_resumed_bundle_equals_uninterrupted(digits_splits: list[SemiSupervisedS
                 raise Stop
 
         with pytest.raises(Stop):
-            train_bundle(digits_splits, cfgs, on_epoch=stop)
+            train_bundle(digits_splits, cfgs, on_epoch=stop, strategy=strategy)
         state = BundleState.load(tmp_path / phase)
         assert (state.phase, state.epoch) == (phase, epoch)
-        resumed = train_bundle(digits_splits, cfgs, resume=state)
+        resumed = train_bundle(digits_splits, cfgs, resume=state, strategy=strategy)
         for a, b in zip(mlp_bundle, resumed, strict=True):
             assert a.fit is not None and b.fit is not None
             assert all(torch.equal(a.fit.model.state_dict[n], v) for n, v in b.fit.model.state_dict.items())
@@ -303,75 +356,59 @@ def test_resumed_bundle_equals_uninterrupted(digits_splits: list[SemiSupervisedS
         train_bundle(digits_splits, [replace(c, eta=9.0) for c in cfgs], resume=state)
 
 
-# --------------------------------------------------------------------------- the parts
+def test_a_checkpoint_resumes_under_the_other_strategy(digits_splits: list[SemiSupervisedSplit],
+                                                       tmp_path: Path) -> None:
+    """Strategies share the stacked state, so a bundle stopped under one finishes under the other,
+    still equal to separate runs — with the looser vmap tolerances (half the epochs ran vectorised),
+    which also cover the loop's single-threaded kernels on this MLP (≤ 1e-5 from a 2-thread run)."""
+    cfgs = _mlp_configs(digits_splits[0])
+
+    class Stop(Exception):
+        pass
+
+    def stop(p: BundleProgress, state_fn: object) -> None:
+        if (p.phase, p.epoch) == ("sad", 2):
+            state_fn().save(tmp_path / "state")  # type: ignore[operator]
+            raise Stop
+
+    pairs: list[tuple[Strategy, Strategy]] = [("vmap", "loop"), ("loop", "vmap")]
+    for first, then in pairs:
+        with pytest.raises(Stop):
+            train_bundle(digits_splits, cfgs, on_epoch=stop, strategy=first)
+        resumed = train_bundle(digits_splits, cfgs, resume=BundleState.load(tmp_path / "state"),
+                               strategy=then)
+        for member, split, ref in zip(resumed, digits_splits, mlp_runs(digits_splits, "vmap"), strict=True):
+            assert member.fit is not None, member.failure
+            assert_member_equals_run(member.fit, ref, split, **MLP_TOL["vmap"])
 
 
-def test_masked_batchnorm_matches_torch_in_training_and_eval() -> None:
-    torch.manual_seed(0)
-    nets = [build_autoencoder(NetConfig("mnist_lenet", 32, (1, 28, 28))) for _ in range(3)]
-    view = StackedNet(nets[0])
-    flat, buffers = view.stack(nets, torch.device("cpu"))
-    x = torch.rand(3, 12, 1, 28, 28)
-    mask = torch.ones(3, 12, dtype=torch.bool)
-    mask[1, 9:] = False  # member 1: a batch of 9 padded to 12
-    out, stats = vmap(view.train_forward)(flat, x, mask)
-    accept = torch.tensor([True, True, False])  # member 2 takes no step
-    before = {n: v.clone() for n, v in buffers.items()}
-    view.update_running_stats(buffers, stats, accept)
-    for k in range(2):
-        ref = copy.deepcopy(nets[k]).train()
-        torch.testing.assert_close(out[k][mask[k]], ref(x[k][mask[k]]), rtol=1e-5, atol=1e-5)
-        for name, value in ref.state_dict().items():  # running mean, unbiased var, batch count
-            torch.testing.assert_close(view.state_dict(flat, buffers, k)[name], value, rtol=1e-5, atol=1e-7)
-        ref.eval()
-        evaluated = vmap(view.eval_forward)(flat, buffers, x)[k]
-        torch.testing.assert_close(evaluated, ref(x[k]), rtol=1e-5, atol=1e-5)
-    assert all(torch.equal(buffers[n][2], before[n][2]) for n in buffers)
+def test_the_strategy_follows_the_device_unless_given(digits_splits: list[SemiSupervisedSplit]) -> None:
+    assert resolve_strategy("auto", torch.device("cpu")) == "loop"
+    assert resolve_strategy("auto", torch.device("cuda", 0)) == "vmap"
+    assert resolve_strategy("vmap", torch.device("cpu")) == "vmap"
+    assert resolve_strategy("loop", torch.device("cuda", 0)) == "loop"
+    cfg = _mlp_configs(digits_splits[0])[0]
+    with pytest.raises(ConfigError, match=r"strategy: must be 'auto', 'vmap' or 'loop' \(got 'grouped'\)"):
+        train_bundle(digits_splits[:1], [cfg], strategy="grouped")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"strategy: must be"):
+        pretrain_bundle(digits_splits[:1], [cfg], strategy="grouped")  # type: ignore[arg-type]
 
 
-def test_stacked_adam_matches_torch_adam_and_skips_rejected_members() -> None:
-    torch.manual_seed(0)
-    lrs, wds = [1e-3, 5e-2, 1e-2], [0.0, 1e-2, 0.5]
-    params = [torch.randn(7, requires_grad=True) for _ in range(3)]
-    opts = [torch.optim.Adam([p], lr=lr, weight_decay=wd) for p, lr, wd in zip(params, lrs, wds, strict=True)]
-    flat = torch.stack([p.detach().clone() for p in params])
-    adam = StackedAdam(flat, lrs, wds)
-    for step in range(6):
-        grads = torch.randn(3, 7)
-        accept = torch.tensor([True, step % 2 == 0, True])
-        flat = torch.where(accept.view(-1, 1), adam.propose(flat, grads), flat)
-        adam.commit(accept)
-        for k, (p, opt) in enumerate(zip(params, opts, strict=True)):
-            if accept[k]:
-                p.grad = grads[k].clone()
-                opt.step()
-    for k, p in enumerate(params):
-        torch.testing.assert_close(flat[k], p.detach(), rtol=1e-6, atol=1e-7)
-    assert adam.step_count.tolist() == [6, 3, 6]
+# --------------------------------------------------------------------------- worker threads
 
 
-def test_epoch_plan_follows_the_batching_rule_of_single_runs(digits_splits: list[SemiSupervisedSplit]) -> None:
-    pool, parts = SamplePool.build([(s, s.train) for s in digits_splits], torch.device("cpu"))
-    gens = [torch.Generator().manual_seed(k) for k in range(3)]
-    plan = epoch_plan(parts, gens, 20, [True, True, True], torch.device("cpu"))
-    for k, split in enumerate(digits_splits):
-        perm = torch.randperm(len(split.train), generator=torch.Generator().manual_seed(k))
-        expected = batches(perm, 20)
-        assert int(plan.active[:, k].sum()) == len(expected) and not plan.active[len(expected):, k].any()
-        for s, idx in enumerate(expected):
-            rows = plan.rows[s, k][plan.valid[s, k]]
-            assert torch.equal(pool.x[rows], torch.as_tensor(split.train.x)[idx])
-            assert torch.equal(plan.semi_targets[s, k][plan.valid[s, k]], torch.as_tensor(split.train.semi_targets)[idx])
-
-
-def test_pool_stores_each_distinct_row_once(digits_splits: list[SemiSupervisedSplit]) -> None:
-    s0, s1 = digits_splits[0], digits_splits[1]
-    parts = [(s0, s0.train), (s0, s0.train), (s1, s1.train), (s0, s0.val)]
-    pool, pooled = SamplePool.build(parts, torch.device("cpu"))
-    for (_, part), p in zip(parts, pooled, strict=True):
-        assert torch.equal(pool.x[p.rows], torch.as_tensor(part.x))
-    assert pooled[0].rows is not None and torch.equal(pooled[0].rows, pooled[1].rows)
-    if s0.preprocessing.kind == "scale255":
-        assert len(pool) == len(np.union1d(np.union1d(s0.train.indices, s1.train.indices), s0.val.indices))
-    else:  # standard_minmax fitted per split: rows of different splits differ, so they are kept apart
-        assert len(pool) == len(s0.train) + len(s1.train) + len(s0.val)
+@pytest.mark.skipif(not threaded(torch.device("cpu")), reason="needs >= 2 intra-op threads with OpenMP")
+def test_worker_threads_change_no_bit(mnist_splits: list[SemiSupervisedSplit]) -> None:
+    """LeNet members on worker threads (one intra-op thread each) give bit for bit what the same bundle
+    gives one member after another on this thread with one intra-op thread."""
+    one = OptimConfig(lr=1e-3, epochs=1, batch_size=32)
+    cfgs = [replace(_lenet_config(), seed=s, eta=1.0 + s, sad=one, ae=replace(one, weight_decay=1e-3)) for s in range(3)]
+    threaded_run = train_bundle(mnist_splits, cfgs, strategy="loop")
+    with kernel_threads("loop", image=True):
+        assert not threaded(torch.device("cpu"))
+        serial_run = train_bundle(mnist_splits, cfgs, strategy="loop")
+    for a, b in zip(threaded_run, serial_run, strict=True):
+        assert a.fit is not None and b.fit is not None
+        assert all(torch.equal(v, b.fit.model.state_dict[n]) for n, v in a.fit.model.state_dict.items())
+        assert [h.loss for h in a.history] == [h.loss for h in b.history]
+        assert (a.fit.val_auroc, a.fit.test_auroc) == (b.fit.val_auroc, b.fit.test_auroc)
