@@ -154,7 +154,7 @@ def stage_working_dir(spec_text: str, into: Path) -> Path:
 
 def runtime_env(working_dir: Path, *, deps: str, job_id: str) -> dict[str, Any]:
     """The job's runtime environment: code, non-secret settings, and (``deps="pinned"``) pinned pip deps."""
-    from orchestration.runner import JOB_ID_ENV
+    from orchestration.ray_session import JOB_ID_ENV
 
     env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     env_vars.update({

@@ -92,6 +92,6 @@ def session_of(storage: Path, name: str) -> str:
 
 def session_processes(session: str) -> list[int]:
     """Live processes of one Ray session (other Ray users of this machine are not counted)."""
-    from orchestration.runner import _in_session
+    from orchestration.ray_session import _in_session
 
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _in_session(p, session)]

@@ -152,7 +152,8 @@ def test_killed_driver_then_resume_reruns_no_finished_trial(tmp_path: Path) -> N
         new = next(r for r in after if r["trial_key"] == key)
         assert new["started_at"] == old["started_at"] and new["attempt"] == old["attempt"], "finished trial rerun"
     trained = [line.split()[0] for line in ends.read_text().splitlines()]
-    assert sorted(trained) == sorted(set(trained)), "a trial trained to the end twice"
+    # (a trial killed between its last epoch and its row is unfinished: training it again is right)
+    assert all(trained.count(key) == 1 for key in before), "a finished trial trained to the end twice"
     time.sleep(1)
     assert not session_processes(killed_session), "the killed driver's Ray processes survived the resume"
     assert not session_processes(session_of(store, "killed")), "resume left Ray processes behind"
