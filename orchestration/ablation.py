@@ -46,8 +46,8 @@ from orchestration.spec import (
     SweepSpec,
     is_data_file,
     problems_error,
-    protocol_combinations,
 )
+from orchestration.spec_checks import protocol_combinations
 
 if TYPE_CHECKING:
     from orchestration.results import ResultStore

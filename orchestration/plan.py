@@ -38,11 +38,9 @@ from orchestration.spec import (
     SweepSpec,
     Uniform,
     is_data_file,
-    net_fields,
-    net_problem,
     problems_error,
-    protocol_problems,
 )
+from orchestration.spec_checks import net_fields, net_problem, protocol_problems
 
 if TYPE_CHECKING:
     from deepsad.data.dataset import Dataset
