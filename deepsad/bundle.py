@@ -45,7 +45,7 @@ import torch
 from deepsad import metrics
 from deepsad.bundle_phase import BundlePhase, EpochOutcome
 from deepsad.bundle_strategies import Strategy, resolve_strategy
-from deepsad.checkpoint import from_json_value, load_bundle, save_bundle, to_json_value
+from deepsad.checkpoint import from_json_value, to_json_value
 from deepsad.data.splits import SemiSupervisedSplit
 from deepsad.errors import CheckpointError, ConfigError, DataError
 from deepsad.model import DeepSADModel
@@ -57,6 +57,7 @@ from deepsad.training import (
     EpochReport,
     FitResult,
     Phase,
+    Snapshot,
     TrainConfig,
     _seeded,
     to_layout,
@@ -134,29 +135,10 @@ class BundleProgress:
 
 
 @dataclass(frozen=True, eq=False)
-class BundleState:
-    """A resumable snapshot of a bundle taken after an epoch (safetensors + JSON via save_bundle)."""
-
-    tensors: dict[str, torch.Tensor]
-    meta: dict[str, Any]
+class BundleState(Snapshot):
+    """A resumable snapshot of a bundle taken after an epoch."""
 
     KIND = "bundle-state"
-
-    @property
-    def phase(self) -> Phase:
-        return self.meta["phase"]
-
-    @property
-    def epoch(self) -> int:
-        return int(self.meta["epoch"])
-
-    def save(self, directory: Any) -> None:
-        save_bundle(directory, self.tensors, self.meta, kind=self.KIND)
-
-    @classmethod
-    def load(cls, directory: Any) -> BundleState:
-        tensors, meta = load_bundle(directory, kind=cls.KIND)
-        return cls(tensors, meta)
 
 
 #: Called after every bundled epoch with the progress and a function that builds the resumable state.

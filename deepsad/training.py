@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 import torch
@@ -136,13 +136,14 @@ class EpochReport:
 
 
 @dataclass(frozen=True, eq=False)
-class TrainState:
-    """A resumable snapshot taken after an epoch: weights, optimiser, scheduler, RNG, c, η, history."""
+class Snapshot:
+    """A resumable snapshot taken after an epoch: tensors + JSON meta (with ``phase`` and ``epoch``),
+    stored as a checkpoint bundle of kind :attr:`KIND` (safetensors + JSON, see deepsad.checkpoint)."""
 
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any]
 
-    KIND = "train-state"
+    KIND = "snapshot"
 
     @property
     def phase(self) -> Phase:
@@ -156,9 +157,16 @@ class TrainState:
         save_bundle(directory, self.tensors, self.meta, kind=self.KIND)
 
     @classmethod
-    def load(cls, directory: Any) -> TrainState:
+    def load(cls, directory: Any) -> Self:
         tensors, meta = load_bundle(directory, kind=cls.KIND)
         return cls(tensors, meta)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainState(Snapshot):
+    """One training's snapshot: weights, optimiser, scheduler, RNG, c, η, history."""
+
+    KIND = "train-state"
 
 
 #: Called after every epoch with the report and a function that builds the resumable state

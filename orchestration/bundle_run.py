@@ -138,7 +138,7 @@ def run_bundle(members: list[Member] | list[TrialConfig], reporter: Reporter, ct
     for m, cfg, split, res, hist0, cache, ae_failure in zip(pending, cfgs, splits, results, ae_hist, cache_cols,
                                                            ae_fail, strict=True):
         t = m.trial
-        history = hist0 + [h for h in res.history if h.phase == "sad" or not hist0]
+        history = hist0 + res.history  # the bundle fine-tunes only: its history holds no AE epochs
         store.write_epochs(m.key, [_epoch_row(m.key, base[m.key]["attempt"], h) for h in history])
         failure = ae_failure or res.failure  # a member whose AE diverged trained from nothing: it fails
         if res.fit is None or ae_failure:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -37,20 +38,6 @@ def keys_id(keys: list[str]) -> str:
     """The bundle id of the members with row keys ``keys`` (order does not matter)."""
     digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
     return f"b{len(keys)}-{digest[:12]}"
-
-
-def make_unit_bundles(units: list[Any], size: int | str, gpus_per_trial: float = 0.0) -> list[list[Any]]:
-    """Ablation units in bundles: Deep SAD / Deep SVDD units of policy ``fixed`` are grouped like
-    trials (:func:`make_bundles`); baselines and tuned units (a study each) stay alone."""
-    packable = [u for u in units if not u.is_baseline and u.policy == "fixed"]
-    groups: dict[tuple[Any, ...], list[Any]] = {}
-    for u in packable:
-        groups.setdefault(_group_key(u.trial), []).append(u)
-    out: list[list[Any]] = []
-    for members in groups.values():
-        k = auto_size(members[0].trial, gpus_per_trial) if size == "auto" else int(size)
-        out.extend(members[i : i + k] for i in range(0, len(members), max(k, 1)))
-    return out + [[u] for u in units if u.is_baseline or u.policy != "fixed"]
 
 
 def _group_key(trial: TrialConfig) -> tuple[Any, ...]:
@@ -78,16 +65,30 @@ def auto_size(trial: TrialConfig, gpus_per_trial: float) -> int:
     return max(1, min(MAX_BUNDLE, int(budget // member_bytes(trial.train))))
 
 
+def _pack(items: list[Any], trial_of: Callable[[Any], TrialConfig], size: int | str,
+          gpus_per_trial: float) -> list[list[Any]]:
+    """Group ``items`` by the compatibility of their trials (in order) and cut each group to size."""
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for item in items:
+        groups.setdefault(_group_key(trial_of(item)), []).append(item)
+    out: list[list[Any]] = []
+    for members in groups.values():
+        k = auto_size(trial_of(members[0]), gpus_per_trial) if size == "auto" else int(size)
+        out.extend(members[i : i + k] for i in range(0, len(members), max(k, 1)))
+    return out
+
+
 def make_bundles(trials: list[TrialConfig], size: int | str, gpus_per_trial: float = 0.0) -> list[list[TrialConfig]]:
     """Group compatible trials (in their order) and cut each group into bundles of at most ``size``.
 
     ``size`` 1 gives one bundle per trial (bundling off).
     """
-    groups: dict[tuple[Any, ...], list[TrialConfig]] = {}
-    for t in trials:
-        groups.setdefault(_group_key(t), []).append(t)
-    out: list[list[TrialConfig]] = []
-    for members in groups.values():
-        k = auto_size(members[0], gpus_per_trial) if size == "auto" else int(size)
-        out.extend(members[i : i + k] for i in range(0, len(members), max(k, 1)))
-    return out
+    return _pack(trials, lambda t: t, size, gpus_per_trial)
+
+
+def make_unit_bundles(units: list[Any], size: int | str, gpus_per_trial: float = 0.0) -> list[list[Any]]:
+    """Ablation units in bundles: Deep SAD / Deep SVDD units of policy ``fixed`` are grouped like
+    trials (:func:`make_bundles`); baselines and tuned units (a study each) stay alone."""
+    packable = [u for u in units if not u.is_baseline and u.policy == "fixed"]
+    alone = [[u] for u in units if u.is_baseline or u.policy != "fixed"]
+    return _pack(packable, lambda u: u.trial, size, gpus_per_trial) + alone

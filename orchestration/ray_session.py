@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deepsad.errors import StorageError
+from deepsad.errors import ConfigError, StorageError
 from orchestration.storage import Storage
 
 #: Environment of the sweep's driver (Tune reads it when ``fit`` starts), local Ray or cluster alike.
@@ -127,7 +127,7 @@ def cluster_ray(sweep_dir: Storage | None = None) -> Iterator[None]:
     started or reaped here: the cluster outlives the driver and cleans up after a dead job itself.
 
     Raises:
-        StorageError: no Ray cluster to join (``--in-cluster`` outside a Ray job / cluster node).
+        ConfigError: no Ray cluster to join (``--in-cluster`` outside a Ray job / cluster node).
     """
     for k, v in DRIVER_ENV.items():
         os.environ.setdefault(k, v)
@@ -139,7 +139,7 @@ def cluster_ray(sweep_dir: Storage | None = None) -> Iterator[None]:
             ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", namespace="deepsad",
                      logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
         except ConnectionError as e:
-            raise StorageError(f"--in-cluster: no Ray cluster to join from this process ({e})") from e
+            raise ConfigError(f"--in-cluster: no Ray cluster to join from this process ({e})") from e
     if sweep_dir is not None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "cluster": True,
                 "job_id": os.environ.get(JOB_ID_ENV), "started_at": datetime.now(UTC).isoformat()}

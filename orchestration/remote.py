@@ -126,13 +126,14 @@ def pinned_requirements() -> list[str]:
     except md.PackageNotFoundError:
         raise ConfigError(f"--deps pinned: the {DISTRIBUTION} distribution is not installed here "
                           "(pip install -e .), so its dependencies are unknown; use --deps image") from None
+    from packaging.requirements import Requirement  # Ray's own dependency
+
     pins = []
-    for req in reqs:
-        if "extra ==" in req.replace('"', " ").replace("'", " ") or "extra==" in req:
+    for text in reqs:
+        req = Requirement(text)
+        if (req.marker is not None and "extra" in str(req.marker)) or req.name.lower() in NEVER_PINNED:
             continue
-        name = re.split(r"[\s\[<>=!~;(]", req, maxsplit=1)[0]
-        if name.lower() in NEVER_PINNED:
-            continue
+        name = req.name
         try:
             version = md.version(name)
         except md.PackageNotFoundError:

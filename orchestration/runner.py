@@ -324,7 +324,8 @@ class StoreCallback:
     def _write_one(self, trial: Any, cfg: TrialConfig, status: str, error: str | None, *, bundle: bool) -> None:
         store = ResultStore(Storage.from_uri(self.payload.storage_uri))
         previous = store.row(cfg.key) or {}
-        if previous.get("status") in ("finished", "failed") and (bundle or previous.get("status") == "finished"):
+        done = previous.get("status")
+        if done == "finished" or (bundle and done == "failed"):
             return  # a bundle writes its members' own outcomes (a diverged member fails alone)
         last = {} if bundle else (trial.last_result or {})
         row = {**{k: v for k, v in previous.items() if v is not None}, **cfg.columns(),

@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +47,12 @@ class LocalCluster:
         from ray.job_submission import JobSubmissionClient
 
         return JobSubmissionClient(self.address)
+
+    def cli(self, command: str, target: str, *more: str, cwd: Path, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """``deepsad sweep COMMAND TARGET`` against this cluster and its bucket (the image's deps)."""
+        return cli(["sweep", command, target, "--address", self.address, "--storage", self.storage, "--deps", "image",
+                    *more], cwd=cwd, env=env, timeout=timeout)
 
     def rows(self, name: str) -> list[dict[str, Any]]:
         from orchestration.results import ResultStore
@@ -156,8 +163,7 @@ def test_a_sweep_submitted_from_a_client_spreads_over_the_nodes(cluster: LocalCl
     # the client: wrong token -> one line, nothing submitted
     wrong = tmp_path / "wrong-token"
     wrong.write_text(secrets.token_hex(16))
-    refused = cli(["sweep", "submit", str(spec), "--address", cluster.address, "--storage", cluster.storage,
-                   "--deps", "image"], cwd=laptop, env={"RAY_AUTH_TOKEN_PATH": str(wrong)})
+    refused = cluster.cli("submit", str(spec), cwd=laptop, env={"RAY_AUTH_TOKEN_PATH": str(wrong)})
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "RAY_AUTH_MODE=token" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert cluster.token not in refused.stdout + refused.stderr
@@ -167,8 +173,7 @@ def test_a_sweep_submitted_from_a_client_spreads_over_the_nodes(cluster: LocalCl
     assert local.returncode == 2 and "s3://" in local.stderr and "local path" in local.stderr, local.stderr
     assert _job_status(cluster, "spread") == "NONE"
 
-    run = cli(["sweep", "submit", str(spec), "--address", cluster.address, "--storage", cluster.storage,
-               "--deps", "image", "--wait"], cwd=laptop, env=env, timeout=400)
+    run = cluster.cli("submit", str(spec), "--wait", cwd=laptop, env=env, timeout=400)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
     assert "submitted: sweep spread runs as Ray job deepsad-spread-" in out
@@ -189,8 +194,7 @@ def test_a_sweep_submitted_from_a_client_spreads_over_the_nodes(cluster: LocalCl
     assert "SUCCEEDED" in status.stdout and "4 finished" in status.stdout
     logs = cli(["sweep", "logs", "spread", "--address", cluster.address], cwd=laptop)
     assert logs.returncode == 0 and "trials: 4" in logs.stdout
-    again = cli(["sweep", "submit", str(spec), "--address", cluster.address, "--storage", cluster.storage,
-                 "--deps", "image", "--wait"], cwd=laptop, timeout=300)
+    again = cluster.cli("submit", str(spec), "--wait", cwd=laptop, timeout=300)
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
     assert len(cluster.rows("spread")) == 4
     print(f"spread test: {time.monotonic() - t0:.1f} s")
@@ -203,8 +207,7 @@ def test_a_killed_worker_node_costs_the_trial_no_finished_epochs(cluster: LocalC
     spec = write_spec(tmp_path, small_spec(
         "nodeloss", search__space={"eta": {"distribution": "choice", "values": [1.0]}}, train__epochs=40,
         train__milestones=[30], resources__max_failures=3))
-    sub = cli(["sweep", "submit", str(spec), "--address", cluster.address, "--storage", cluster.storage,
-               "--deps", "image"], cwd=tmp_path, env=env)
+    sub = cluster.cli("submit", str(spec), cwd=tmp_path, env=env)
     assert sub.returncode == 0, sub.stdout + sub.stderr
     assert "submitted: sweep nodeloss runs as Ray job" in sub.stdout  # returned at once, not after the sweep
 
@@ -247,8 +250,7 @@ def test_a_killed_driver_is_resumed_on_the_cluster_without_rerunning_trials(
     spec = write_spec(tmp_path, small_spec(
         "driverloss", search__space={"eta": {"distribution": "choice", "values": [0.5, 1.0, 2.0, 4.0]}},
         resources__max_concurrent_trials=1, train__epochs=10))
-    sub = cli(["sweep", "submit", str(spec), "--address", cluster.address, "--storage", cluster.storage,
-               "--deps", "image"], cwd=tmp_path, env=env)
+    sub = cluster.cli("submit", str(spec), cwd=tmp_path, env=env)
     assert sub.returncode == 0, sub.stdout + sub.stderr
     # finished = its row says so (a trial killed between training and writing its row is rerun, rightly)
     _wait(lambda: sum(r["status"] == "finished" for r in cluster.rows("driverloss")) >= 2, 300,
@@ -263,8 +265,7 @@ def test_a_killed_driver_is_resumed_on_the_cluster_without_rerunning_trials(
     first = {r["trial_key"]: r for r in cluster.rows("driverloss") if r["status"] == "finished"}
     assert len(first) >= 2  # (a trial in flight when the driver died is rerun: it had not finished)
 
-    resumed = cli(["sweep", "resume", "driverloss", "--address", cluster.address, "--storage", cluster.storage,
-                   "--deps", "image", "--wait"], cwd=tmp_path, env=env, timeout=400)
+    resumed = cluster.cli("resume", "driverloss", "--wait", cwd=tmp_path, env=env, timeout=400)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     rows = cluster.rows("driverloss")
     assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}
@@ -283,8 +284,7 @@ def test_stop_interrupts_the_sweep_gracefully_and_resume_finishes_it(cluster: Lo
     spec = write_spec(tmp_path, small_spec(
         "stopped", search__space={"eta": {"distribution": "choice", "values": [0.5, 1.0, 2.0]}},
         resources__max_concurrent_trials=1, train__epochs=30))
-    sub = cli(["sweep", "submit", str(spec), "--address", cluster.address, "--storage", cluster.storage,
-               "--deps", "image"], cwd=tmp_path, env=env)
+    sub = cluster.cli("submit", str(spec), cwd=tmp_path, env=env)
     assert sub.returncode == 0, sub.stdout + sub.stderr
     _wait(lambda: any(r["status"] == "finished" for r in cluster.rows("stopped")), 300, "one finished trial")
     stop = cli(["sweep", "stop", "stopped", "--address", cluster.address], cwd=tmp_path, timeout=300)
@@ -297,8 +297,7 @@ def test_stop_interrupts_the_sweep_gracefully_and_resume_finishes_it(cluster: Lo
     assert kept
     again = cli(["sweep", "stop", "stopped", "--address", cluster.address], cwd=tmp_path)
     assert again.returncode == 2 and "has no running job" in again.stderr
-    resumed = cli(["sweep", "resume", "stopped", "--address", cluster.address, "--storage", cluster.storage,
-                   "--deps", "image", "--wait"], cwd=tmp_path, env=env, timeout=400)
+    resumed = cluster.cli("resume", "stopped", "--wait", cwd=tmp_path, env=env, timeout=400)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     rows = {r["trial_key"]: r for r in cluster.rows("stopped")}
     assert len(rows) == 3 and {r["status"] for r in rows.values()} == {"finished"}
