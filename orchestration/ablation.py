@@ -26,16 +26,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from deepsad.errors import ConfigError, DataError
-from orchestration.plan import (
-    TrialConfig,
-    _digest,
-    _plain,
-    _protocol_field,
-    _typed,
-    build_trial,
-    resolve_data,
-    sample_shape_of,
-)
+from orchestration.plan import _typed, amount, build_trial, resolve_data, sample_shape_of
+from orchestration.preflight import protocol_field
 from orchestration.spec import (
     AE_KEYS,
     DEFAULT_STORAGE,
@@ -48,6 +40,7 @@ from orchestration.spec import (
     problems_error,
 )
 from orchestration.spec_checks import protocol_combinations
+from orchestration.trial import TrialConfig, digest, plain
 
 if TYPE_CHECKING:
     from orchestration.results import ResultStore
@@ -104,8 +97,8 @@ class AblationUnit:
             raise ConfigError(
                 f"ablation unit: objective must be val_auroc or val_ap (got {self.objective!r})"
             )
-        object.__setattr__(self, "axes", _plain(dict(self.axes)))
-        object.__setattr__(self, "space", _plain(dict(self.space)))
+        object.__setattr__(self, "axes", plain(dict(self.axes)))
+        object.__setattr__(self, "space", plain(dict(self.space)))
 
     @property
     def seed(self) -> int:
@@ -121,7 +114,7 @@ class AblationUnit:
         if self.is_baseline:  # no network, no optimiser: only the split matters
             identity: dict[str, Any] = {
                 "dataset": self.trial.dataset,
-                "protocol": _plain(asdict(self.trial.protocol)),
+                "protocol": plain(asdict(self.trial.protocol)),
             }
         else:
             identity = self.trial._identity()
@@ -129,13 +122,13 @@ class AblationUnit:
         if self.policy == "tuned":
             extra = {"budget": self.budget, "space": self.space, "objective": self.objective,
                      "search_seed": self.search_seed}  # fmt: skip
-        return _digest({"version": ABLATION_KEY_VERSION, "method": self.method, "policy": self.policy,
+        return digest({"version": ABLATION_KEY_VERSION, "method": self.method, "policy": self.policy,
                         **identity, **extra})  # fmt: skip
 
     @cached_property
     def cell(self) -> str:
         """The cell's short id: its axis values, seed and method (not the hyperparameters)."""
-        return _digest({"axes": self.axes, "seed": self.seed, "method": self.method})
+        return digest({"axes": self.axes, "seed": self.seed, "method": self.method})
 
     def row_key(self, inner: int | None = None) -> str:
         """The key of the unit's row (``inner`` None), or of its inner training ``inner`` (tuned)."""
@@ -234,7 +227,7 @@ class Cell:
         return spec.model_copy(update={"protocol": protocol, "data": data})
 
     def describe(self, seed: int | None = None) -> str:
-        parts = [f"{k}={json.dumps(_plain(v))}" for k, v in self.values.items()]
+        parts = [f"{k}={json.dumps(plain(v))}" for k, v in self.values.items()]
         return ", ".join(parts + ([f"seed {seed}"] if seed is not None else [])) or "the cell"
 
 
@@ -288,7 +281,7 @@ def _expand(spec: SweepSpec, shapes: Mapping[str, tuple[int, ...]] | None) -> li
         shape = (shapes or {}).get(dataset) or (
             None if is_data_file(dataset) else REGISTRY_SAMPLE_SHAPES[dataset]
         )
-        axes = {k: _plain(v) for k, v in cell.values.items()}
+        axes = {k: plain(v) for k, v in cell.values.items()}
         for seed in spec.seeds:
             try:
                 base = build_trial(cell_spec, {}, seed, sample_shape=shape or sample_shape_of(cell_spec))
@@ -367,7 +360,7 @@ def validate_ablation(spec: SweepSpec) -> list[AblationUnit]:
             where, message = (
                 (head, rest)
                 if head.startswith("protocol.")
-                else (_protocol_field(message, protocol), message)
+                else (protocol_field(message, protocol), message)
             )
             axis = where.removeprefix("protocol.")
             if axis in cell.index:
@@ -450,11 +443,6 @@ def done_units_of(store: ResultStore, units: Sequence[AblationUnit]) -> set[str]
 # --------------------------------------------------------------------------- the dry-run summary
 
 
-def _amount(n: float, unit: str, plural: str | None = None) -> str:
-    shown = str(int(n)) if float(n).is_integer() else f"{n:g}"
-    return f"{shown} {unit if 0 < n <= 1 else (plural or unit + 's')}"
-
-
 @dataclass(frozen=True)
 class AblationPlan:
     """What an ablation will do (``deepsad sweep submit --dry-run``, ``plan.json``).
@@ -492,7 +480,7 @@ class AblationPlan:
         return self.n_trainings - self.n_ae_trainings
 
     def to_dict(self) -> dict[str, Any]:
-        return {**_plain(asdict(self)), "ae_reuse": self.ae_reuse}
+        return {**plain(asdict(self)), "ae_reuse": self.ae_reuse}
 
     def describe(self) -> list[str]:
         """Lines for the terminal."""
@@ -505,8 +493,8 @@ class AblationPlan:
         seeds = ", ".join(str(s) for s in self.seeds)
         lines = [
             f"sweep {self.name} ({self.source}): ablation over {axes}, policy {self.policy}",
-            f"  trials: {_amount(self.n_cells, 'cell')}{left_out} × {_amount(len(self.seeds), 'seed')} [{seeds}] × "
-            f"{_amount(len(self.methods), 'method')} [{', '.join(self.methods)}] = {_amount(self.n_trials, 'trial')}",
+            f"  trials: {amount(self.n_cells, 'cell')}{left_out} × {amount(len(self.seeds), 'seed')} [{seeds}] × "
+            f"{amount(len(self.methods), 'method')} [{', '.join(self.methods)}] = {amount(self.n_trials, 'trial')}",
         ]
         if self.policy == "tuned":
             lines.append(
@@ -520,14 +508,14 @@ class AblationPlan:
         elif self.ae_exact:
             lines.append(
                 f"  autoencoders: {self.n_ae_trainings} to train; the cache serves the other "
-                f"{_amount(self.ae_reuse, 'training')}"
+                f"{amount(self.ae_reuse, 'training')}"
             )
         else:
             lines.append(f"  autoencoders: up to {self.n_ae_trainings} to train (the tuned values decide)")
         lines.append(
-            f"  per trial: {_amount(self.cpus_per_trial, 'CPU')}, {_amount(self.gpus_per_trial, 'GPU')} · "
+            f"  per trial: {amount(self.cpus_per_trial, 'CPU')}, {amount(self.gpus_per_trial, 'GPU')} · "
             f"at most {self.max_concurrent_trials} at once · up to "
-            f"{_amount(self.max_failures, 'retry', 'retries')} of a failed trial"
+            f"{amount(self.max_failures, 'retry', 'retries')} of a failed trial"
         )
         lines.append(f"  storage: {self.storage}")
         return lines

@@ -28,7 +28,6 @@ from deepsad.training import EpochReport, TrainConfig
 from orchestration import faults
 from orchestration.bundles import keys_id
 from orchestration.cache import AECache, ae_cache_key
-from orchestration.plan import TrialConfig
 from orchestration.results import ResultStore, code_version
 from orchestration.storage import Storage
 from orchestration.trainable import (
@@ -42,6 +41,7 @@ from orchestration.trainable import (
     resolve_device,
     without_labels,
 )
+from orchestration.trial import TrialConfig
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from orchestration.plan import TrialConfig
+from orchestration.trial import TrialConfig
 
 CPU_AUTO = 8
 MAX_BUNDLE = 512

@@ -1,10 +1,6 @@
-"""The trials of a sweep: their configurations and keys, the cells of grid and random search, the
-checks that run before any trial starts, and the summary ``--dry-run`` prints.
-
-A *trial* is one hyperparameter configuration × one seed (the seed seeds both the split and the
-training). Its :attr:`TrialConfig.key` names it everywhere (result rows, checkpoints, resubmits), so
-it hashes exactly what changes the result: the data set, the protocol and the training config — not
-the device, the data directory, the storage or the sweep's name.
+"""The trials of a sweep: the cells of grid and random search (:class:`~orchestration.trial.TrialConfig`
+each), the probe trials of tpe, and the summary ``--dry-run`` prints. The checks that run before any
+trial starts are in :mod:`orchestration.preflight`.
 
 Core modules (torch, scikit-learn) are imported inside the functions, so that importing this module
 stays cheap for the command line.
@@ -12,16 +8,15 @@ stays cheap for the command line.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from functools import cached_property, lru_cache
+from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,204 +36,10 @@ from orchestration.spec import (
     problems_error,
 )
 from orchestration.spec_checks import net_fields, net_problem, protocol_problems
+from orchestration.trial import Params, TrialConfig, plain
 
 if TYPE_CHECKING:
-    from deepsad.data.dataset import Dataset
-    from deepsad.data.splits import Protocol
-    from deepsad.training import OptimConfig, TrainConfig
     from orchestration.ablation import AblationPlan
-
-# Bump when the meaning of a key's inputs changes (old results then stop matching new trials).
-TRIAL_KEY_VERSION = "deepsad-trial-v1"
-AE_KEY_VERSION = "deepsad-ae-v1"
-
-DeviceRequest = Literal["auto", "cpu", "cuda"]
-Params = dict[str, float | int]
-
-
-def _digest(obj: Any) -> str:
-    """sha256 (first 16 hex chars) of canonical JSON: sorted keys, no whitespace, no NaN."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_plain(x) for x in v]
-    return v
-
-
-@dataclass(frozen=True)
-class TrialConfig:
-    """Everything one trial runs with; what the Tune trainable receives (as :meth:`to_dict`).
-
-    Attributes:
-        dataset: registry name, or the absolute path of a ``.npz``/``.csv`` file.
-        data_dir: absolute data directory, or None.
-        protocol: the semi-supervised setting, with ``seed`` = the trial's seed.
-        train: the training config, with ``seed`` = the trial's seed and ``device="cpu"`` as a
-            placeholder: the trainable resolves :attr:`device_request` on the machine it runs on.
-        params: the searched values of this trial (``eta``, ``rep_dim``, ...), for display.
-        seed: the trial's seed.
-        device_request: ``auto`` (cuda when the trial has a GPU), ``cpu`` or ``cuda``.
-
-    Raises:
-        ConfigError: the seeds disagree, an unknown searched key, a relative data directory.
-    """
-
-    dataset: str
-    data_dir: str | None
-    protocol: Protocol
-    train: TrainConfig
-    params: Params = field(default_factory=dict, hash=False)
-    seed: int = 0
-    device_request: DeviceRequest = "auto"
-
-    def __post_init__(self) -> None:
-        if self.protocol.seed != self.seed or self.train.seed != self.seed:
-            raise ConfigError(
-                f"trial: protocol seed {self.protocol.seed} and train seed {self.train.seed} must equal "
-                f"the trial seed {self.seed}"
-            )
-        unknown = sorted(set(self.params) - set(SPACE_KEYS))
-        if unknown:
-            raise ConfigError(
-                f"trial: unknown searched parameter {unknown[0]!r} (known: {', '.join(SPACE_KEYS)})"
-            )
-        if self.device_request not in ("auto", "cpu", "cuda"):
-            raise ConfigError(
-                f"trial: device_request must be auto, cpu or cuda (got {self.device_request!r})"
-            )
-        if self.data_dir is not None and not os.path.isabs(self.data_dir):
-            raise ConfigError(f"trial: data_dir must be absolute (got {self.data_dir!r})")
-        object.__setattr__(self, "params", dict(self.params))
-
-    def _identity(self) -> dict[str, Any]:
-        train = self.train.to_dict()
-        del train["device"]  # the device changes where a trial runs, not what it computes
-        return {"dataset": self.dataset, "protocol": _plain(asdict(self.protocol)), "train": train}
-
-    @cached_property  # every input is frozen; a trial reports (and names its rows by) it every epoch
-    def key(self) -> str:
-        """The trial key: 16 hex chars of sha256 over the data set, protocol and training config."""
-        return _digest({"version": TRIAL_KEY_VERSION, **self._identity()})
-
-    @property
-    def ae_key(self) -> str | None:
-        """What the pretrained autoencoder depends on, apart from the data bytes (the trainable adds
-        the split fingerprint): data set, protocol, network, AE optimiser, seed, bf16. None without
-        pretraining."""
-        ae = self.train.ae
-        if ae is None:
-            return None
-        return _digest(
-            {
-                "version": AE_KEY_VERSION,
-                "dataset": self.dataset,
-                "protocol": _plain(asdict(self.protocol)),
-                "net": self.train.net.to_dict(),
-                "ae": _plain(asdict(ae)),
-                "seed": self.train.seed,
-                "bf16": self.train.bf16,
-            }
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values; :meth:`from_dict` rebuilds an equal config."""
-        return {
-            "dataset": self.dataset,
-            "data_dir": self.data_dir,
-            "protocol": _plain(asdict(self.protocol)),
-            "train": self.train.to_dict(),
-            "params": dict(self.params),
-            "seed": self.seed,
-            "device_request": self.device_request,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrialConfig:
-        """Inverse of :meth:`to_dict`.
-
-        Raises:
-            ConfigError: a missing or malformed entry.
-        """
-        from deepsad.data.splits import Protocol
-        from deepsad.networks import NetConfig
-        from deepsad.training import TrainConfig
-
-        try:
-            p = dict(d["protocol"])
-            for name in ("normal_classes", "known_anomaly_classes"):
-                p[name] = None if p[name] is None else tuple(p[name])
-            t = d["train"]
-            train = TrainConfig(
-                net=NetConfig.from_dict(t["net"]),
-                eta=float(t["eta"]),
-                sad=_optim(t["sad"]),
-                ae=None if t["ae"] is None else _optim(t["ae"]),
-                seed=int(t["seed"]),
-                device=str(t["device"]),
-                bf16=bool(t["bf16"]),
-                reference_compat=bool(t["reference_compat"]),
-            )
-            return cls(
-                dataset=str(d["dataset"]),
-                data_dir=d["data_dir"],
-                protocol=Protocol(**p),
-                train=train,
-                params=dict(d["params"]),
-                seed=int(d["seed"]),
-                device_request=d["device_request"],
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"trial config: malformed ({type(e).__name__}: {e})") from e
-
-    def columns(self) -> dict[str, object]:
-        """Flat typed values for the result store (lists for classes and milestones; AE columns are
-        None without pretraining)."""
-        p, t, ae = self.protocol, self.train, self.train.ae
-        return {
-            "dataset": self.dataset,
-            "normal_classes": list(p.normal_classes),
-            "known_anomaly_classes": None
-            if p.known_anomaly_classes is None
-            else list(p.known_anomaly_classes),
-            "n_known_outlier_classes": p.n_known_outlier_classes,
-            "n_labeled_anomalies": p.n_labeled_anomalies,
-            "ratio_known_outlier": p.ratio_known_outlier,
-            "ratio_pollution": p.ratio_pollution,
-            "ratio_known_normal": p.ratio_known_normal,
-            "val_fraction": p.val_fraction,
-            "seed": self.seed,
-            "net": t.net.name,
-            "rep_dim": t.net.rep_dim,
-            "eta": t.eta,
-            "lr": t.sad.lr,
-            "epochs": t.sad.epochs,
-            "weight_decay": t.sad.weight_decay,
-            "batch_size": t.sad.batch_size,
-            "milestones": list(t.sad.milestones),
-            "ae_lr": None if ae is None else ae.lr,
-            "ae_epochs": None if ae is None else ae.epochs,
-            "ae_weight_decay": None if ae is None else ae.weight_decay,
-            "bf16": t.bf16,
-            "reference_compat": t.reference_compat,
-        }
-
-
-def _optim(d: Mapping[str, Any]) -> OptimConfig:
-    from deepsad.training import OptimConfig
-
-    return OptimConfig(
-        lr=float(d["lr"]),
-        epochs=int(d["epochs"]),
-        milestones=tuple(int(m) for m in d["milestones"]),
-        batch_size=int(d["batch_size"]),
-        weight_decay=float(d["weight_decay"]),
-    )
-
 
 # --------------------------------------------------------------------------- spec → trials
 
@@ -461,147 +262,13 @@ def enumerate_cells(spec: SweepSpec, *, sample_shape: tuple[int, ...] | None = N
     return trials
 
 
-# --------------------------------------------------------------------------- checks before any trial
+# --------------------------------------------------------------------------- the dry-run summary
 
 
-def validate_spec(spec: SweepSpec) -> list[TrialConfig]:
-    """Check every trial a sweep may run, without training anything.
-
-    Loads the data set once, builds every cell (grid, random) or the trials at the extremes of the
-    space (tpe, see :func:`probe_params`) for every seed, and draws the split of every seed to
-    prove the protocol feasible — including that the validation part has anomalies, without which
-    the objective is undefined.
-
-    Returns:
-        The cells (grid, random) or the probe trials (tpe).
-
-    Raises:
-        ConfigError: one line per problem, ``<spec file>: <field>: <message>``.
-    """
-    from deepsad.data.sources import load_dataset
-    from deepsad.data.splits import Protocol, make_split
-
-    dataset, data_dir = resolve_data(spec)
-    try:
-        data = load_dataset(dataset, data_dir)
-    except (ConfigError, DataError) as e:
-        field = "data.data_dir" if "data directory" in str(e) else "data.dataset"
-        raise problems_error(spec.source, [Problem(field, str(e))]) from e
-    problems: list[Problem] = []
-    expected = None if is_data_file(dataset) else REGISTRY_SAMPLE_SHAPES[dataset]
-    if expected is not None and expected != data.sample_shape:
-        problems.append(
-            Problem("data.dataset", f"loaded samples have shape {data.sample_shape}, not {expected}")
-        )
-    configs = probe_params(spec) if spec.search.algorithm == "tpe" else None
-    if configs is None:
-        configs = grid_params(spec) if spec.search.algorithm == "grid" else random_params(spec)
-    trials, lines = _build_all(spec, configs, data.sample_shape)
-    try:
-        protocols = [Protocol(**spec.protocol.model_dump(), seed=s) for s in spec.seeds]
-    except ConfigError:
-        protocols = []  # already reported by the trials
-    for protocol in protocols:
-        problems += _split_problems(spec, data, protocol, make_split)
-    lines += [p.format(spec.source) for p in problems]
-    if lines:
-        raise ConfigError("\n".join(dict.fromkeys(lines)))
-    return trials
-
-
-def _split_problems(spec: SweepSpec, data: Dataset, protocol: Protocol, make_split: Any) -> list[Problem]:
-    seed = protocol.seed
-    try:
-        split = make_split(data, protocol)
-    except (ConfigError, DataError) as e:
-        message = str(e)
-        field, _, rest = message.partition(": ")
-        if field.startswith("protocol."):
-            return [Problem(field, f"seed {seed}: {rest}")]
-        return [Problem(_protocol_field(message, protocol), f"seed {seed}: {message}")]
-    if not (split.val.labels == 1).any():
-        return [
-            Problem(
-                "protocol",
-                f"seed {seed}: the validation part has no anomalies, so {spec.search.objective.metric} is "
-                "undefined; raise ratio_pollution, n_labeled_anomalies/ratio_known_outlier or val_fraction",
-            )
-        ]
-    return []
-
-
-def _protocol_field(message: str, protocol: Protocol) -> str:
-    """The protocol field a core split error is about (its messages name the setting, not the field)."""
-    if "normal class" in message and "not a class" in message:
-        return "protocol.normal_classes"
-    if "known anomaly class" in message and "not a class" in message:
-        return "protocol.known_anomaly_classes"
-    if "unlabeled anomalies" in message:
-        return "protocol.ratio_pollution"
-    if "labeled anomalies" in message:
-        return "protocol.n_labeled_anomalies" if protocol.count_mode else "protocol.ratio_known_outlier"
-    if "ratio_known_normal" in message:
-        return "protocol.ratio_known_normal"
-    if "test_fraction" in message:
-        return "protocol.test_fraction"
-    return "protocol"
-
-
-def _amount(n: float, unit: str, plural: str | None = None) -> str:
+def amount(n: float, unit: str, plural: str | None = None) -> str:
+    """``1 CPU``, ``0.5 CPU``, ``4 CPUs``: a count and its unit (``plural`` when not unit + "s")."""
     shown = str(int(n)) if float(n).is_integer() else f"{n:g}"
     return f"{shown} {unit if 0 < n <= 1 else (plural or unit + 's')}"
-
-
-def _available(n: float) -> str:
-    shown = str(int(n)) if float(n).is_integer() else f"{n:g}"
-    return f"{shown} {'is' if n == 1 else 'are'} available"
-
-
-def check_resources(spec: SweepSpec, available_cpus: float, available_gpus: float) -> None:
-    """Fail early when the cluster cannot run one trial, or ``max_concurrent_trials`` of them at once.
-
-    A trial needs ``workers_per_trial`` × (``cpus_per_trial``, ``gpus_per_trial``): with Ray Train
-    each worker gets that share and the trial's own driver asks for no CPU.
-
-    Raises:
-        ConfigError: one line per problem, e.g. ``<file>: resources.max_concurrent_trials: 4
-            concurrent trials × 1 CPU need 4 CPUs but 2 are available; at most 2 fit``.
-    """
-    r = spec.resources
-    problems: list[Problem] = []
-    for unit, per_worker, available in (
-        ("CPU", r.cpus_per_trial, available_cpus),
-        ("GPU", r.gpus_per_trial, available_gpus),
-    ):
-        need = r.workers_per_trial * per_worker
-        if need == 0:
-            continue
-        if need > available + 1e-9:
-            if r.workers_per_trial > 1:
-                problems.append(Problem(
-                    "resources.workers_per_trial",
-                    f"{r.workers_per_trial} workers × {_amount(per_worker, unit)} need {_amount(need, unit)} per "
-                    f"trial but {_available(available)}",
-                ))  # fmt: skip
-            else:
-                problems.append(Problem(
-                    f"resources.{unit.lower()}s_per_trial",
-                    f"a trial needs {_amount(need, unit)} but {_available(available)}",
-                ))  # fmt: skip
-            continue
-        total = r.max_concurrent_trials * need
-        if total > available + 1e-9:
-            fit = int((available + 1e-9) // need)
-            problems.append(Problem(
-                "resources.max_concurrent_trials",
-                f"{r.max_concurrent_trials} concurrent trials × {_amount(need, unit)} need {_amount(total, unit)} "
-                f"but {_available(available)}; at most {fit} fit",
-            ))  # fmt: skip
-    if problems:
-        raise problems_error(spec.source, problems)
-
-
-# --------------------------------------------------------------------------- the dry-run summary
 
 
 @dataclass(frozen=True)
@@ -636,22 +303,22 @@ class SweepPlan:
         return self.n_trials - self.n_ae_trainings
 
     def to_dict(self) -> dict[str, Any]:
-        return {**_plain(asdict(self)), "ae_reuse": self.ae_reuse}
+        return {**plain(asdict(self)), "ae_reuse": self.ae_reuse}
 
     def describe(self) -> list[str]:
         """Lines for the terminal."""
         seeds = ", ".join(str(s) for s in self.seeds)
         lines = [
             f"sweep {self.name} ({self.source}): {self.algorithm} search over {', '.join(self.searched)}",
-            f"  trials: {_amount(self.n_configurations, 'configuration')} × {_amount(len(self.seeds), 'seed')} "
-            f"[{seeds}] = {_amount(self.n_trials, 'trial')}",
+            f"  trials: {amount(self.n_configurations, 'configuration')} × {amount(len(self.seeds), 'seed')} "
+            f"[{seeds}] = {amount(self.n_trials, 'trial')}",
         ]
         if self.n_ae_trainings == 0:
             lines.append("  autoencoders: none (no pretraining)")
         elif self.ae_exact:
             lines.append(
                 f"  autoencoders: {self.n_ae_trainings} to train; the cache serves the other "
-                f"{_amount(self.ae_reuse, 'trial')}"
+                f"{amount(self.ae_reuse, 'trial')}"
             )
         else:
             lines.append(f"  autoencoders: up to {self.n_ae_trainings} to train (the searched values decide)")
@@ -659,12 +326,12 @@ class SweepPlan:
             f"  objective: maximise {self.objective}"
             + (f" · scheduler {self.scheduler}" if self.scheduler else "")
         )
-        per_trial = f"{_amount(self.cpus_per_trial, 'CPU')}, {_amount(self.gpus_per_trial, 'GPU')}"
+        per_trial = f"{amount(self.cpus_per_trial, 'CPU')}, {amount(self.gpus_per_trial, 'GPU')}"
         if self.workers_per_trial > 1:
             per_trial += f" ({self.workers_per_trial} data-parallel workers)"
         lines.append(
             f"  per trial: {per_trial} · at most {self.max_concurrent_trials} at once · "
-            f"up to {_amount(self.max_failures, 'retry', 'retries')} of a failed trial"
+            f"up to {amount(self.max_failures, 'retry', 'retries')} of a failed trial"
         )
         lines.append(f"  storage: {self.storage}")
         return lines

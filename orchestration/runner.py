@@ -1,4 +1,5 @@
-"""Submit and resume sweeps on Ray Tune (+ Optuna), on a local Ray that listens on 127.0.0.1 only or,
+"""Submit and resume sweeps on Ray Tune (+ Optuna) — the driver side (what runs inside a trial is
+:mod:`orchestration.ray_trial`), on a local Ray that listens on 127.0.0.1 only or,
 inside a Ray job (``--in-cluster``), on the cluster it runs in (:mod:`orchestration.ray_session`).
 
 The sweep directory (``<storage>/<name>/``) holds everything: the submitted spec, the Parquet result
@@ -19,271 +20,24 @@ import json
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from deepsad.errors import StorageError
-from orchestration.plan import TrialConfig, build_trial, check_resources, enumerate_cells, validate_spec
-from orchestration.ray_session import LOCAL_MARKER, cluster_ray, local_ray, reap_stale_ray
+from orchestration.plan import enumerate_cells
+from orchestration.preflight import check_resources, validate_spec
+from orchestration.ray_session import cluster_ray, local_ray, reap_stale_ray
+from orchestration.ray_trial import LockTable, SweepPayload, tune_trial
 from orchestration.results import ResultStore
 from orchestration.spec import SweepSpec, parse_spec
 from orchestration.storage import Storage
-
-if TYPE_CHECKING:
-    from orchestration.ablation import AblationUnit
+from orchestration.trial import TrialConfig
 
 STUDY_FILE = "optuna.db"  # orchestration.search.STUDY_FILE (kept here so no Ray import is needed)
 SPEC_FILE = "spec.yaml"
-
-
-# --------------------------------------------------------------------------- what every trial receives
-
-
-@dataclass(frozen=True)
-class SweepPayload:
-    """The sweep as its trials see it (passed to every trial through ``tune.with_parameters``)."""
-
-    name: str
-    storage_uri: str  # the sweep directory
-    spec_text: str
-    source: str
-    base_dir: str  # where relative paths in the spec are resolved (the submitting command's cwd)
-    cells: dict[str, dict[str, Any]] = field(default_factory=dict)  # grid/random: key -> TrialConfig dict
-    lock_name: str = ""
-    ablation: bool = False  # cells are AblationUnit dicts
-    bundles: dict[str, list[str]] = field(default_factory=dict)  # bundle id -> member keys (bundle_size > 1)
-    # Ray Train runs (workers_per_trial > 1) live under <sweep>/train: a stable location, so a retried
-    # or resumed trial finds its Train run again
-
-    @property
-    def spec(self) -> SweepSpec:
-        return parse_spec(self.spec_text, self.source, base_dir=self.base_dir)
-
-    def unit_for(self, config: dict[str, Any]) -> AblationUnit:
-        """The ablation unit of one Tune trial."""
-        from orchestration.ablation import AblationUnit
-
-        return AblationUnit.from_dict(self.cells[config["cell"]])
-
-    def trials_for(self, config: dict[str, Any]) -> list[TrialConfig]:
-        """The trial configurations of one Tune trial: one, or a bundle's members."""
-        if "bundle" in config:
-            return [TrialConfig.from_dict(self.cells[k]) for k in self.bundles[config["bundle"]]]
-        if "cell" in config:
-            return [TrialConfig.from_dict(self.cells[config["cell"]])]
-        spec = self.spec
-        keys = [k for k, v in spec.search.space.model_dump().items() if v is not None]
-        params = {k: config[k] for k in keys}
-        seed = spec.seeds[int(config.get("__trial_index__", 0)) % len(spec.seeds)]
-        return [build_trial(spec, params, seed)]
-
-
-# --------------------------------------------------------------------------- inside a trial
-
-
-def load_state(path: Path) -> Any:
-    """A trial's checkpoint: a :class:`TrainState`, or a bundle's :class:`BundleState`."""
-    from deepsad.bundle import BundleState
-    from deepsad.checkpoint import read_bundle_meta
-    from deepsad.training import TrainState
-
-    kind = read_bundle_meta(path).get("kind")
-    return BundleState.load(path) if kind == BundleState.KIND else TrainState.load(path)
-
-
-class TuneReporter:
-    """Reports of a single-process trial go to Ray Tune; checkpoints are :class:`TrainState` bundles."""
-
-    rank = 0
-    world_size = 1
-
-    def restored(self) -> Any:
-        from ray import tune
-
-
-        ckpt = tune.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return load_state(Path(d) / "state")
-
-    def report(self, metrics: dict[str, Any], state: Any) -> None:
-        import tempfile
-
-        from ray import tune
-
-        if state is None:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            state.save(Path(d) / "state")
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-
-
-class TrainReporter:
-    """Reports of a Ray Train worker: every rank reports (a barrier), only rank 0 checkpoints."""
-
-    def __init__(self) -> None:
-        import ray.train
-
-        ctx = ray.train.get_context()
-        self.rank = ctx.get_world_rank()
-        self.world_size = ctx.get_world_size()
-
-    def restored(self) -> Any:
-        import ray.train
-
-        from deepsad.training import TrainState
-
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return TrainState.load(Path(d) / "state")
-
-    def report(self, metrics: dict[str, Any], state: Any) -> None:
-        import tempfile
-
-        import ray.train
-
-        if state is None or self.rank != 0:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            state.save(Path(d) / "state")
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-
-class RayCacheLock:
-    """The AE-cache lock, held in a named actor that every trial of the sweep can reach."""
-
-    def __init__(self, name: str) -> None:
-        import ray
-
-        self.actor = ray.get_actor(name, namespace="deepsad")
-
-    def acquire(self, key: str, owner: str) -> bool:
-        import ray
-
-        return bool(ray.get(self.actor.acquire.remote(key, owner)))
-
-    def release(self, key: str, owner: str) -> None:
-        import ray
-
-        ray.get(self.actor.release.remote(key, owner))
-
-    def renew(self, key: str, owner: str) -> None:
-        import ray
-
-        ray.get(self.actor.renew.remote(key, owner))
-
-
-class LockTable:
-    """Actor state: key -> (owner, lease expiry). A lease not renewed for ``ttl_s`` is free again,
-    so a trial that died while pretraining does not block the others forever."""
-
-    def __init__(self, ttl_s: float = 300.0) -> None:
-        self.ttl_s = ttl_s
-        self.owners: dict[str, tuple[str, float]] = {}
-
-    def acquire(self, key: str, owner: str) -> bool:
-        now = time.monotonic()
-        held = self.owners.get(key)
-        if held is None or held[1] < now or held[0] == owner:
-            self.owners[key] = (owner, now + self.ttl_s)
-            return True
-        return False
-
-    def renew(self, key: str, owner: str) -> None:
-        if key in self.owners and self.owners[key][0] == owner:
-            self.owners[key] = (owner, time.monotonic() + self.ttl_s)
-
-    def release(self, key: str, owner: str) -> None:
-        if key in self.owners and self.owners[key][0] == owner:
-            del self.owners[key]
-
-
-def tune_trial(config: dict[str, Any], payload: SweepPayload) -> None:
-    """The Tune trainable: one Tune trial = a list of trial configurations (of one, today)."""
-    from ray import tune
-
-    from orchestration.trainable import RunContext, execute
-
-    spec = payload.spec
-    ctx = RunContext(sweep=payload.name, storage_uri=payload.storage_uri,
-                     trial_id=tune.get_context().get_trial_id(),
-                     checkpoint_interval_s=spec.resources.checkpoint_interval_s)
-    if payload.ablation and config["cell"] in payload.bundles:  # ablation units trained as one bundle
-        from orchestration.ablation import AblationUnit
-        from orchestration.bundle_run import run_units
-
-        units = [AblationUnit.from_dict(payload.cells[k]) for k in payload.bundles[config["cell"]]]
-        run_units(units, TuneReporter(), ctx, RayCacheLock(payload.lock_name))
-        return
-    if payload.ablation:  # one process per unit (the spec allows no Ray Train workers here)
-        from orchestration.trainable import execute_unit
-
-        execute_unit(payload.unit_for(config), TuneReporter(), ctx, lock=RayCacheLock(payload.lock_name))
-        return
-    trials = payload.trials_for(config)
-    if spec.resources.workers_per_trial == 1:
-        execute(trials, TuneReporter(), ctx, lock=RayCacheLock(payload.lock_name))
-        return
-    _run_data_parallel(trials, ctx, payload, spec)
-
-
-def _run_data_parallel(trials: list[TrialConfig], ctx: Any, payload: SweepPayload, spec: SweepSpec) -> None:
-    """Run the trial on ``workers_per_trial`` Ray Train workers (gloo on CPU, NCCL on GPU)."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    res = spec.resources
-    train_dir = Storage.from_uri(payload.storage_uri).child("train")
-    per_worker = {"CPU": res.cpus_per_trial}
-    if res.gpus_per_trial:
-        per_worker["GPU"] = res.gpus_per_trial
-    trainer = TorchTrainer(
-        _train_worker,
-        train_loop_config={"trials": [t.to_dict() for t in trials], "ctx": ctx.__dict__,
-                           "lock": payload.lock_name},
-        torch_config=_torch_config("nccl" if res.gpus_per_trial else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=res.workers_per_trial,
-                                               use_gpu=bool(res.gpus_per_trial), resources_per_worker=per_worker),
-        run_config=ray.train.RunConfig(
-            # a stable name under a stable path: a retried or resumed trial finds its Train run again
-            name=f"train-{trials[0].key}",
-            storage_path=train_dir.root,
-            storage_filesystem=train_dir.filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
-        ),
-    )
-    trainer.fit()
-
-
-def _torch_config(backend: str) -> Any:
-    """On the local Ray we started, keep torch's rendezvous on 127.0.0.1 (the stock one listens on
-    every interface); on a cluster the workers need the stock, routable one."""
-    from ray.train.torch import TorchConfig
-
-    if os.environ.get(LOCAL_MARKER) == "1":
-        from orchestration.loopback import LoopbackTorchConfig
-
-        return LoopbackTorchConfig(backend=backend)
-    return TorchConfig(backend=backend)
-
-
-def _train_worker(config: dict[str, Any]) -> None:
-    from orchestration.trainable import RunContext, execute
-
-    trials = [TrialConfig.from_dict(d) for d in config["trials"]]
-    execute(trials, TrainReporter(), RunContext(**config["ctx"]), lock=RayCacheLock(config["lock"]))
 
 
 # --------------------------------------------------------------------------- the driver side

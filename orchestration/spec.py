@@ -21,7 +21,7 @@ hyperparameters). ``protocol`` and ``data`` may leave out the fields an axis giv
 places is an error); when ``normal_classes`` and ``known_anomaly_classes`` are both axes, the
 combinations where they overlap are left out of the grid.
 
-Nothing here loads data or trains: :func:`orchestration.plan.validate_spec` (and
+Nothing here loads data or trains: :func:`orchestration.preflight.validate_spec` (and
 :func:`orchestration.ablation.validate_ablation`) do the checks that need the data. Paths in the file (``data.dataset`` files, ``data.data_dir``, ``storage``) are relative to
 the *current directory* of the command (:attr:`SweepSpec.base_dir`), not to the sweep file, so that
 ``data_dir: ../shared/data`` means the same in every sweep file. This module imports only pydantic
@@ -60,7 +60,7 @@ NetName = Literal["mnist_lenet", "fmnist_lenet", "cifar10_lenet", "mlp"]
 DISTRIBUTIONS: tuple[str, ...] = ("log_uniform", "uniform", "int_uniform", "choice")
 
 # One sample's shape per registry data set, so that networks (and trial keys) can be built without
-# loading the data; plan.validate_spec checks it against the loaded data.
+# loading the data; preflight.validate_spec checks it against the loaded data.
 REGISTRY_SAMPLE_SHAPES: dict[str, tuple[int, ...]] = {
     "mnist": (1, 28, 28),
     "fmnist": (1, 28, 28),

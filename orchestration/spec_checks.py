@@ -263,7 +263,7 @@ def _networks(s: dict[str, Any]) -> Iterator[Problem]:
 
     for dataset in datasets:
         if is_data_file(dataset):
-            continue  # the sample shape is known once the file is loaded: plan.validate_spec checks it
+            continue  # the sample shape is known once the file is loaded: preflight.validate_spec checks it
         shape = REGISTRY_SAMPLE_SHAPES[dataset]
         try:
             name, rep_dim, h_dims = net_fields(dataset, shape, s["net"])

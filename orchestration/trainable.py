@@ -36,9 +36,9 @@ from deepsad.errors import DataError
 from deepsad.training import EpochReport, FitResult, TrainConfig, TrainState, finetune, pretrain
 from orchestration import faults
 from orchestration.cache import AECache, ae_cache_key
-from orchestration.plan import TrialConfig
 from orchestration.results import ResultStore, code_version
 from orchestration.storage import Storage
+from orchestration.trial import TrialConfig
 
 if TYPE_CHECKING:
     from orchestration.ablation import AblationUnit

@@ -13,11 +13,12 @@ import yaml
 from deepsad.bundle import BundleState
 from orchestration import faults
 from orchestration.bundles import CPU_AUTO, auto_size, bundle_id, make_bundles
-from orchestration.plan import TrialConfig, build_trial
+from orchestration.plan import build_trial
 from orchestration.results import ResultStore
 from orchestration.spec import parse_spec
 from orchestration.storage import Storage
 from orchestration.trainable import RunContext, execute
+from orchestration.trial import TrialConfig
 from tests.orchestration.sweeps_helpers import cli, rows, small_spec, write_spec
 
 SWEEP = "bund"

@@ -14,18 +14,17 @@ import pytest
 
 from deepsad.errors import ConfigError
 from orchestration.plan import (
-    TrialConfig,
     build_trial,
-    check_resources,
     enumerate_cells,
     grid_params,
     make_plan,
     probe_params,
     random_params,
     resolve_data,
-    validate_spec,
 )
+from orchestration.preflight import check_resources, validate_spec
 from orchestration.spec import SweepSpec, load_spec, parse_spec
+from orchestration.trial import TrialConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,7 +82,7 @@ def test_fixed_key(trial: TrialConfig) -> None:
 
 def test_key_is_stable_across_processes(trial: TrialConfig) -> None:
     code = (
-        "import json, sys; from orchestration.plan import TrialConfig;"
+        "import json, sys; from orchestration.trial import TrialConfig;"
         "t = TrialConfig.from_dict(json.loads(sys.stdin.read())); print(t.key, t.ae_key)"
     )
     out = subprocess.run(

@@ -116,7 +116,7 @@ def test_test_metrics_are_refused() -> None:
 def test_config_columns_are_the_trial_columns_but_the_seed() -> None:
     from deepsad.data.splits import Protocol
     from deepsad.training import TrainConfig
-    from orchestration.plan import TrialConfig
+    from orchestration.trial import TrialConfig
 
     trial = TrialConfig(
         "digits", None, Protocol(seed=3), TrainConfig(NetConfig("mlp", 4, (64,), (8,)), seed=3), seed=3

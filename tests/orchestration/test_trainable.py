@@ -22,11 +22,12 @@ from deepsad.networks import build_autoencoder
 from deepsad.training import TrainState
 from orchestration import faults
 from orchestration.cache import AECache, ae_cache_key
-from orchestration.plan import TrialConfig, build_trial
+from orchestration.plan import build_trial
 from orchestration.results import ResultStore
 from orchestration.spec import parse_spec
 from orchestration.storage import Storage
 from orchestration.trainable import RunContext, execute
+from orchestration.trial import TrialConfig
 from tests.orchestration.sweeps_helpers import small_spec
 
 SWEEP = "unit"
