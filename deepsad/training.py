@@ -81,7 +81,9 @@ class TrainConfig:
         net: network and rep_dim.
         eta: weight η of the labeled terms (> 0).
         sad: optimiser settings of the Deep SAD phase (weight decay is the fine-tuning λ).
-        ae: optimiser settings of autoencoder pretraining, or None for no pretraining.
+        ae: optimiser settings of autoencoder pretraining, or None for no pretraining. The default is
+            the reference code's (its README's command): weight decay 0.5e-3 and a constant learning
+            rate — no milestone, which is what ``--ae_lr_milestone``'s default gives there.
         seed: seeds weight init and batch order (the split has its own seed in its protocol).
         device: torch device string.
         bf16: bf16 autocast for the forward passes (for GPUs; fp32 master weights and losses).
@@ -92,7 +94,7 @@ class TrainConfig:
     net: NetConfig
     eta: float = 1.0
     sad: OptimConfig = field(default_factory=OptimConfig)
-    ae: OptimConfig | None = field(default_factory=lambda: OptimConfig(weight_decay=0.5e-3))
+    ae: OptimConfig | None = field(default_factory=lambda: OptimConfig(weight_decay=0.5e-3, milestones=()))
     seed: int = 0
     device: str = "cpu"
     bf16: bool = False

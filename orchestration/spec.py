@@ -228,8 +228,10 @@ class TrainSpec(_OptimSpec):
 
 
 class PretrainSpec(_OptimSpec):
-    """``pretrain``: the autoencoder's optimiser (``pretrain: null`` turns pretraining off)."""
+    """``pretrain``: the autoencoder's optimiser (``pretrain: null`` turns pretraining off). Defaults
+    are :class:`deepsad.training.TrainConfig`'s AE defaults: weight decay 0.5e-3, no milestone."""
 
+    milestones: tuple[Int, ...] = ()
     weight_decay: Float = Field(default=0.5e-3, ge=0)
 
 

@@ -51,7 +51,12 @@ def train(
     ae_lr: Annotated[float, typer.Option(help="Autoencoder learning rate.")] = 1e-4,
     ae_epochs: Annotated[int, typer.Option(help="Autoencoder epochs (0: no pretraining).")] = 150,
     ae_weight_decay: Annotated[float, typer.Option(help="Autoencoder weight decay.")] = 0.5e-3,
-    milestone: Annotated[list[int] | None, typer.Option(help="LR milestone epoch, both phases (repeatable).")] = None,
+    milestone: Annotated[
+        list[int] | None, typer.Option(help="Deep SAD LR milestone epoch, ×0.1 (repeatable; default 50).")
+    ] = None,
+    ae_milestone: Annotated[
+        list[int] | None, typer.Option(help="Autoencoder LR milestone epoch (repeatable; default none).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size, both phases.")] = 128,
     device: Annotated[str, typer.Option(help="torch device (cpu, cuda, cuda:1).")] = "cpu",
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (GPU).")] = False,
@@ -66,6 +71,7 @@ def train(
     from deepsad.training import OptimConfig, TrainConfig
 
     milestones = tuple(milestone) if milestone else (50,)
+    ae_milestones = tuple(ae_milestone) if ae_milestone else ()
     try:
         protocol = Protocol(
             normal_classes=tuple(normal_class or [0]),
@@ -80,7 +86,7 @@ def train(
         )
         sad = OptimConfig(lr=lr, epochs=epochs, milestones=milestones, batch_size=batch_size, weight_decay=weight_decay)
         ae = (
-            OptimConfig(lr=ae_lr, epochs=ae_epochs, milestones=milestones, batch_size=batch_size,
+            OptimConfig(lr=ae_lr, epochs=ae_epochs, milestones=ae_milestones, batch_size=batch_size,
                         weight_decay=ae_weight_decay)
             if ae_epochs > 0 else None
         )
@@ -125,7 +131,7 @@ def _flag_of(message: str) -> str:
         "ratio_known_normal": "--labeled-normals", "n_labeled_anomalies": "--n-labeled-anomalies",
         "normal_classes": "--normal-class", "known_anomaly_classes": "--known-anomaly-class",
         "val_fraction": "--val-fraction", "eta": "--eta", "lr": "--lr / --ae-lr",
-        "epochs": "--epochs / --ae-epochs", "batch_size": "--batch-size", "milestones": "--milestone",
+        "epochs": "--epochs / --ae-epochs", "batch_size": "--batch-size", "milestones": "--milestone / --ae-milestone",
         "weight_decay": "--weight-decay / --ae-weight-decay", "n_known_outlier_classes": "--n-known-classes",
     }
     field = message.split(":", 1)[0].strip().removeprefix("protocol.")

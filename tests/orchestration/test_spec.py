@@ -102,13 +102,15 @@ def test_data_file_is_not_checked_against_the_registry() -> None:
 
 def test_defaults_match_the_core() -> None:
     from deepsad.data.splits import Protocol
-    from deepsad.training import OptimConfig
+    from deepsad.networks import default_net_config
+    from deepsad.training import OptimConfig, TrainConfig
 
-    core = OptimConfig()
+    core = TrainConfig(net=default_net_config("digits", (64,)))
+    assert core.ae is not None
     for f in fields(OptimConfig):
-        assert getattr(TrainSpec(), f.name) == getattr(core, f.name), f.name
-        expected = 0.5e-3 if f.name == "weight_decay" else getattr(core, f.name)
-        assert getattr(PretrainSpec(), f.name) == expected, f.name
+        assert getattr(TrainSpec(), f.name) == getattr(core.sad, f.name), f.name
+        assert getattr(PretrainSpec(), f.name) == getattr(core.ae, f.name), f.name
+    assert (core.sad.milestones, core.ae.milestones, core.ae.weight_decay) == ((50,), (), 0.5e-3)
     proto = ProtocolSpec(normal_classes=(0,))
     for f in fields(Protocol):
         if f.name != "seed":

@@ -34,10 +34,19 @@ def test_train_on_digits_writes_a_model_and_metrics(tmp_path: Path, capsys: pyte
     assert "val AUROC" in out and "test AUROC" in out
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["counts"]["n_labeled_anomaly"] == 5 and 0.0 <= metrics["test_auroc"] <= 1.0
+    # --milestone is the Deep SAD phase's; the AE keeps a constant lr (the reference's) unless --ae-milestone
+    assert (metrics["config"]["sad"]["milestones"], metrics["config"]["ae"]["milestones"]) == ([1], [])
+    lrs = [(h["phase"], h["lr"]) for h in metrics["history"]]
+    assert lrs == [("ae", 1e-4), ("ae", 1e-4), ("sad", 1e-4), ("sad", pytest.approx(1e-5))]
     assert (tmp_path / "run" / "model" / "tensors.safetensors").is_file()
     # a second run into the same place needs --force
     code, _, err = run_cli(["train", "--dataset", "digits", "--out", str(tmp_path / "run"), *FAST], capsys)
     assert code == 2 and "--force" in err
+    code, _, _ = run_cli(["train", "--dataset", "digits", "--out", str(tmp_path / "run2"), "--ae-milestone", "1",
+                          *FAST], capsys)
+    metrics = json.loads((tmp_path / "run2" / "metrics.json").read_text())
+    assert code == 0 and metrics["config"]["ae"]["milestones"] == [1]
+    assert [h["lr"] for h in metrics["history"] if h["phase"] == "ae"] == [1e-4, pytest.approx(1e-5)]
 
 
 def corrupt_mnist(root: Path, shared: Path) -> Path:
