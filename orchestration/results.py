@@ -25,6 +25,7 @@ import functools
 import os
 import re
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -42,6 +43,9 @@ from orchestration.storage import Storage
 SCHEMA_VERSION = "1"
 TRIAL_STATUSES = ("finished", "failed", "stopped", "running")
 EPOCH_PHASES = ("ae", "sad")
+#: Reads of the result tables: attempts, and the first pause between them (doubling), see ResultStore._read.
+READ_ATTEMPTS = 5
+READ_RETRY_S = 0.05
 
 _INT_LIST = pa.list_(pa.int64())
 _UTC = pa.timestamp("us", tz="UTC")
@@ -291,14 +295,25 @@ class ResultStore:
             raise StorageError(f"storage {where.uri}: cannot open result table ({e})") from e
 
     def _read(self, where: Storage, schema: pa.Schema, **scan: Any) -> pa.Table:
-        ds = self._dataset(where, schema)
-        if ds is None:
-            columns = scan.get("columns")
-            return (pa.schema([schema.field(c) for c in columns]) if columns else schema).empty_table()
-        try:
-            table = ds.to_table(**scan)
-        except (OSError, pa.ArrowException) as e:
-            raise StorageError(f"storage {where.uri}: cannot read result table ({e})") from e
+        """Discover and read; again (up to :data:`READ_ATTEMPTS` times) when a read fails.
+
+        Discovery records every file's size and S3 reads trust it, so a row replaced between the
+        listing and the read (a running sweep rewrites a trial's row as it finishes) reads a wrong
+        byte range — "Parquet magic bytes not found". A fresh discovery sees the new object; a file
+        that is really broken fails every attempt and is reported.
+        """
+        for attempt in range(READ_ATTEMPTS):
+            ds = self._dataset(where, schema)
+            if ds is None:
+                columns = scan.get("columns")
+                return (pa.schema([schema.field(c) for c in columns]) if columns else schema).empty_table()
+            try:
+                table = ds.to_table(**scan)
+                break
+            except (OSError, pa.ArrowException) as e:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise StorageError(f"storage {where.uri}: cannot read result table ({e})") from e
+                time.sleep(READ_RETRY_S * 2**attempt)
         # Stable sort: epochs keep their written order within a trial.
         return table.sort_by("trial_key") if "trial_key" in table.column_names else table
 

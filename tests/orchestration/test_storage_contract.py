@@ -14,12 +14,13 @@ import os
 from pathlib import Path
 from typing import IO
 
+import pyarrow as pa
 import pytest
 import torch
 
 from deepsad.errors import IntegrityError, StorageError
 from orchestration.cache import AECache, ae_cache_key
-from orchestration.results import ResultStore
+from orchestration.results import TRIAL_SCHEMA, ResultStore
 from orchestration.storage import MANIFEST_FILE, IncompleteUploadError, Storage
 
 
@@ -231,6 +232,40 @@ def test_result_store_replaces_rows_and_reads_tables(any_storage: Storage) -> No
     assert row is not None and row["val_auroc"] == 0.9
     assert store.epochs().column("phase").to_pylist() == ["ae", "sad"]
     assert store.summary()["by_status"]["finished"] == 1
+
+
+def test_a_row_replaced_while_a_reader_lists_the_table_is_read_again(
+    any_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running sweep rewrites a trial's row while `sweep status` reads the table: the reader's listing
+    (which records object sizes, trusted by S3 reads) goes stale. Seen in CI on moto as "Parquet magic
+    bytes not found"; the store discovers again instead of failing."""
+    store = ResultStore(any_storage.child("sweep"))
+    store.write_trial({"trial_key": "k1", "status": "running"})
+    stale = store._dataset(store._trials, TRIAL_SCHEMA)
+    store.write_trial({"trial_key": "k1", "status": "failed", "error": "x" * 5000})  # a bigger object
+    if any_storage.uri.startswith("s3://"):
+        with pytest.raises(pa.ArrowException):
+            assert stale is not None
+            stale.to_table()  # the race itself, as a reader without retries meets it
+    fresh = store._dataset
+    calls: list[int] = []
+
+    def first_stale(where: Storage, schema: pa.Schema) -> object:
+        calls.append(1)
+        return stale if len(calls) == 1 else fresh(where, schema)
+
+    monkeypatch.setattr(store, "_dataset", first_stale)
+    assert store.trials().column("status").to_pylist() == ["failed"]
+    assert len(calls) == (2 if any_storage.uri.startswith("s3://") else 1)
+
+
+def test_a_broken_result_file_is_one_storage_error_naming_the_table(any_storage: Storage) -> None:
+    store = ResultStore(any_storage.child("sweep"))
+    store.write_trial({"trial_key": "k1", "status": "finished"})
+    any_storage.child("sweep").write_bytes(b"not parquet", "results/trials/k2.parquet")
+    with pytest.raises(StorageError, match=r"results/trials: cannot read result table"):
+        store.trials()
 
 
 def test_ae_cache_round_trip(any_storage: Storage) -> None:
