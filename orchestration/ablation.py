@@ -26,7 +26,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from deepsad.errors import ConfigError, DataError
-from orchestration.plan import _typed, amount, build_trial, resolve_data, sample_shape_of
+from orchestration.plan import amount, build_trial, resolve_data, sample_shape_of, typed_params
 from orchestration.preflight import protocol_field
 from orchestration.spec import (
     AE_KEYS,
@@ -187,7 +187,7 @@ def with_params(trial: TrialConfig, params: Mapping[str, float | int]) -> TrialC
     Raises:
         ConfigError: a value the core rejects (e.g. a ``rep_dim`` the network cannot take).
     """
-    value = _typed(params)
+    value = typed_params(params)
     t = trial.train
     net = replace(t.net, rep_dim=int(value["rep_dim"])) if "rep_dim" in value else t.net
     sad = replace(

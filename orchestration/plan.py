@@ -120,7 +120,7 @@ def build_trial(
         )
     dataset, data_dir = resolve_data(spec)
     shape = sample_shape if sample_shape is not None else sample_shape_of(spec)
-    value = _typed(params)
+    value = typed_params(params)
     problems: list[Problem] = []
     protocol = net = sad = ae = None
     try:
@@ -165,7 +165,7 @@ def build_trial(
     return TrialConfig(dataset, data_dir, protocol, train, value, seed, t.device)
 
 
-def _typed(params: Mapping[str, float | int]) -> Params:
+def typed_params(params: Mapping[str, float | int]) -> Params:
     """Searched values with their canonical types (so that ``eta: 1`` and ``eta: 1.0`` share a key)."""
     return {k: int(v) if k == "rep_dim" else float(v) for k, v in params.items()}
 
@@ -177,7 +177,7 @@ def grid_params(spec: SweepSpec) -> list[Params]:
         raise ValueError("grid_params needs a space of choice entries")
     keys = [k for k, _ in entries]
     axes = [list(d.values) for _, d in entries if isinstance(d, Choice)]
-    return [_typed(dict(zip(keys, combo, strict=True))) for combo in itertools.product(*axes)]
+    return [typed_params(dict(zip(keys, combo, strict=True))) for combo in itertools.product(*axes)]
 
 
 def random_params(spec: SweepSpec) -> list[Params]:
@@ -186,7 +186,7 @@ def random_params(spec: SweepSpec) -> list[Params]:
     rng = np.random.default_rng(spec.search.seed)
     draws: list[Params] = []
     for _ in range(spec.search.num_trials or 0):
-        draws.append(_typed({k: _draw(d, rng) for k, d in spec.search.space.items()}))
+        draws.append(typed_params({k: _draw(d, rng) for k, d in spec.search.space.items()}))
     return _unique(draws)
 
 
@@ -208,7 +208,7 @@ def probe_params(spec: SweepSpec) -> list[Params]:
     axes = [list(d.values) if isinstance(d, Choice) else [d.low, d.high] for _, d in entries]
     n = max(len(a) for a in axes)
     return _unique(
-        [_typed({k: a[j % len(a)] for (k, _), a in zip(entries, axes, strict=True)}) for j in range(n)]
+        [typed_params({k: a[j % len(a)] for (k, _), a in zip(entries, axes, strict=True)}) for j in range(n)]
     )
 
 
@@ -223,7 +223,7 @@ def _unique(configs: list[Params]) -> list[Params]:
     return out
 
 
-def _build_all(
+def build_all(
     spec: SweepSpec, configs: Sequence[Params], shape: tuple[int, ...] | None
 ) -> tuple[list[TrialConfig], list[str]]:
     """Every configuration × seed as a trial (configuration-major), and the problem lines of those
@@ -256,7 +256,7 @@ def enumerate_cells(spec: SweepSpec, *, sample_shape: tuple[int, ...] | None = N
     if algorithm == "tpe":
         raise ValueError("tpe suggests configurations while it runs; there are no cells to enumerate")
     configs = grid_params(spec) if algorithm == "grid" else random_params(spec)
-    trials, lines = _build_all(spec, configs, sample_shape)
+    trials, lines = build_all(spec, configs, sample_shape)
     if lines:
         raise ConfigError("\n".join(lines))
     return trials

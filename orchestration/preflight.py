@@ -8,13 +8,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from deepsad.errors import ConfigError, DataError
-from orchestration.plan import _build_all, amount, grid_params, probe_params, random_params, resolve_data
+from orchestration.plan import amount, build_all, grid_params, probe_params, random_params, resolve_data
 from orchestration.spec import REGISTRY_SAMPLE_SHAPES, Problem, SweepSpec, is_data_file, problems_error
 from orchestration.trial import TrialConfig
 
 if TYPE_CHECKING:
     from deepsad.data.dataset import Dataset
     from deepsad.data.splits import Protocol
+
 
 def validate_spec(spec: SweepSpec) -> list[TrialConfig]:
     """Check every trial a sweep may run, without training anything.
@@ -48,7 +49,7 @@ def validate_spec(spec: SweepSpec) -> list[TrialConfig]:
     configs = probe_params(spec) if spec.search.algorithm == "tpe" else None
     if configs is None:
         configs = grid_params(spec) if spec.search.algorithm == "grid" else random_params(spec)
-    trials, lines = _build_all(spec, configs, data.sample_shape)
+    trials, lines = build_all(spec, configs, data.sample_shape)
     try:
         protocols = [Protocol(**spec.protocol.model_dump(), seed=s) for s in spec.seeds]
     except ConfigError:
