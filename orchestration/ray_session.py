@@ -173,7 +173,7 @@ def reap_stale_ray(sweep_dir: Storage) -> int:
     if info.get("host", socket.gethostname()) != socket.gethostname():
         return 0  # the last driver ran on another machine: nothing of it runs here
     session, pid = info.get("session_dir"), int(info.get("pid", 0))
-    if pid and _alive(pid):
+    if pid and pid != os.getpid() and _alive(pid):  # our own pid: a resume that goes on with a new run
         raise StorageError(f"sweep {sweep_dir.uri}: its driver (pid {pid}) is still running")
     if not session:
         return 0

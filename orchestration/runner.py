@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -383,7 +383,29 @@ def run_sweep(
     summary = ResultStore(prep.sweep_dir).summary()
     if interrupted:
         raise KeyboardInterrupt
+    left = _unsettled(prep) if resume else []
+    if left:
+        # Tune restores the experiment state it last saved; a driver killed before Tune saved the
+        # trials it had started (or created) leaves them out of the restored run. Run them anew.
+        progress(f"the restored run left {len(left)} trial(s) without a final row: running them in a new run")
+        return run_sweep(replace(prep, pending=left), resume=False, progress=progress, in_cluster=in_cluster)
     return summary
+
+
+def _unsettled(prep: Prepared) -> list[Any]:
+    """Cells (grid/random) or units (ablation) with no final row: none, or a row still "running".
+
+    Failed and early-stopped trials are settled (a resubmit, not a resume, runs failed ones again);
+    a tpe study continues on its own (``submit``).
+    """
+    if prep.spec.search.algorithm == "tpe" and prep.spec.ablation is None:
+        return []
+    table = ResultStore(prep.sweep_dir).trials()
+    status = dict(zip(table.column("trial_key").to_pylist(), table.column("status").to_pylist(), strict=True))
+    if prep.spec.ablation is not None:
+        done = _finished(prep.spec, prep.sweep_dir)
+        return [u for u in prep.cells if u.key not in done and status.get(u.key) != "failed"]
+    return [c for c in prep.cells if status.get(c.key) in (None, "running")]
 
 
 def _keep_credentials_out_of_runtime_envs() -> None:
