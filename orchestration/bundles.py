@@ -9,8 +9,9 @@ Bundles are planned up front (grid/random search), in the order of the cells, so
 or resumed sweep plans the same bundles for the same pending trials. Size: ``resources.bundle_size``
 (an integer caps it); ``auto`` takes :data:`CPU_AUTO` members on CPU trials and, on GPU trials, as
 many as fit in :data:`GPU_MEMORY_FRACTION` of the GPU share by :func:`deepsad.bundle.member_bytes`
-(the GPU's memory: the planning machine's first GPU, else ``DEEPSAD_GPU_MEMORY_GB``, else
-:data:`GPU_MEMORY_DEFAULT_GB`), at most :data:`MAX_BUNDLE`.
+(the GPU's memory: ``DEEPSAD_GPU_MEMORY_GB`` if set, else the planning machine's first GPU, else
+:data:`GPU_MEMORY_DEFAULT_GB`), at most :data:`MAX_BUNDLE`. A cluster's driver plans on the head,
+which often has no GPU: ``deepsad sweep submit --address`` forwards ``DEEPSAD_GPU_MEMORY_GB``.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ FORWARDED_ENV = (
     "DEEPSAD_S3_ENDPOINT", "DEEPSAD_S3_REGION", "DEEPSAD_S3_ADDRESSING", "AWS_REGION", "AWS_DEFAULT_REGION",
     "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION",
     "DEEPSAD_FAULTS",  # fault injection of the tests (orchestration/faults.py); inert unless set
+    "DEEPSAD_GPU_MEMORY_GB",  # bundle_size: auto on a head without a GPU (orchestration/bundles.py)
 )
 #: ``sweep stop`` sends SIGINT (our graceful stop: trials checkpoint, the sweep stays resumable) and
 #: waits this long before Ray kills the driver.

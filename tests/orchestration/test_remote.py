@@ -49,11 +49,13 @@ def test_the_runtime_env_carries_settings_but_never_credentials(
     monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-value")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "ray-token-value")
     monkeypatch.setenv("DEEPSAD_S3_ENDPOINT", "http://127.0.0.1:9000")
+    monkeypatch.setenv("DEEPSAD_GPU_MEMORY_GB", "141")  # bundle_size: auto, planned on a CPU-only head
     env = remote.runtime_env(tmp_path, deps="pinned", job_id="deepsad-x-1")
     text = repr(env)
     for secret in ("AKIAEXAMPLEKEY123", "very-secret-value", "session-token-value", "ray-token-value"):
         assert secret not in text
     assert env["env_vars"]["DEEPSAD_S3_ENDPOINT"] == "http://127.0.0.1:9000"
+    assert env["env_vars"]["DEEPSAD_GPU_MEMORY_GB"] == "141"
     assert env["env_vars"]["RAY_JOB_STOP_SIGNAL"] == "SIGINT"  # `sweep stop` = a graceful Ctrl-C
     assert env["env_vars"]["DEEPSAD_JOB_ID"] == "deepsad-x-1"
     assert env["working_dir"] == str(tmp_path) and env["pip"]["packages"] == remote.pinned_requirements()
