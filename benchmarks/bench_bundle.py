@@ -94,8 +94,8 @@ def make_config(args: dict[str, Any], member: int, sample_shape: tuple[int, ...]
                        device=args["device"], bf16=bool(args["bf16"]), seed=member, eta=1.0 + member % 4)
 
 
-def _epoch_rate(rates_by_phase: dict[str, list[float]]) -> float:
-    """Median over both phases' epochs, each phase's first epoch dropped when it has more than one."""
+def _epoch_median(rates_by_phase: dict[str, list[float]]) -> float:
+    """Median (of rates or seconds) over the phases' epochs, each phase's first epoch dropped when it has more."""
     kept = [r for rates in rates_by_phase.values() for r in (rates[1:] if len(rates) > 1 else rates)]
     return statistics.median(kept)
 
@@ -123,9 +123,9 @@ def run_bundle(splits: list[SemiSupervisedSplit], cfgs: list[TrainConfig], args:
     failed = [m.failure for m in out if m.failure is not None]
     if failed:
         print(f"  warning: {len(failed)} member(s) failed, e.g. {failed[0]}")
-    return {"samples_per_s": _epoch_rate(rates), "sad_samples_per_s": _epoch_rate({"sad": rates["sad"]}),
+    return {"samples_per_s": _epoch_median(rates), "sad_samples_per_s": _epoch_median({"sad": rates["sad"]}),
             "trials_per_hour": len(cfgs) * 3600 / wall,
-            "ae_epoch_s": _epoch_rate({"ae": seconds["ae"]}), "sad_epoch_s": _epoch_rate({"sad": seconds["sad"]}),
+            "ae_epoch_s": _epoch_median({"ae": seconds["ae"]}), "sad_epoch_s": _epoch_median({"sad": seconds["sad"]}),
             "fixed_s": wall - sum(seconds["ae"]) - sum(seconds["sad"]),
             "member_samples": statistics.mean(len(s.train) for s in splits)}
 

@@ -43,6 +43,8 @@ from orchestration.spec_checks import protocol_combinations
 from orchestration.trial import TrialConfig, digest, plain
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from orchestration.results import ResultStore
     from orchestration.storage import Storage
 
@@ -385,9 +387,13 @@ def validate_ablation(spec: SweepSpec) -> list[AblationUnit]:
 
 def done_units(store: ResultStore) -> set[str]:
     """Keys of the units whose selected row is finished (those a resubmit skips)."""
+    return units_done_in(store.trials())
+
+
+def units_done_in(table: pa.Table) -> set[str]:
+    """:func:`done_units` of a trials table already read."""
     import pyarrow.compute as pc
 
-    table = store.trials()
     if table.num_rows == 0:
         return set()
     mask = pc.and_(

@@ -403,7 +403,9 @@ def _unsettled(prep: Prepared) -> list[Any]:
     table = ResultStore(prep.sweep_dir).trials()
     status = dict(zip(table.column("trial_key").to_pylist(), table.column("status").to_pylist(), strict=True))
     if prep.spec.ablation is not None:
-        done = _finished(prep.spec, prep.sweep_dir)
+        from orchestration.ablation import units_done_in
+
+        done = units_done_in(table)
         return [u for u in prep.cells if u.key not in done and status.get(u.key) != "failed"]
     return [c for c in prep.cells if status.get(c.key) in (None, "running")]
 
