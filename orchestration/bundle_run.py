@@ -187,11 +187,17 @@ def _autoencoders(
                     cols[i].update(cache_hit=True, ae_seconds_saved=float(hit[1].get("ae_seconds", 0.0)))
                 else:
                     missing.append(i)
-            for i in missing:
-                key = keys[i]
-                assert key is not None
+            cached_meanwhile = False
+            for key in dict.fromkeys(k for i in missing if (k := keys[i]) is not None):
                 if key not in held and lock.acquire(key, owner):
                     held.add(key)
+                    # the previous holder may have cached it between our miss and our acquire
+                    if cache.exists(key):
+                        lock.release(key, owner)
+                        held.discard(key)
+                        cached_meanwhile = True
+            if cached_meanwhile:
+                continue  # take those entries (next round) before pretraining the rest
             mine = [i for i in missing if keys[i] in held]
             if mine:
                 t0 = time.perf_counter()

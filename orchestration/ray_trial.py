@@ -10,11 +10,11 @@ Ray is imported inside the functions: this module is imported by the driver befo
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestration.cache_lock import HeartbeatLock
 from orchestration.plan import build_trial
 from orchestration.ray_session import LOCAL_MARKER
 from orchestration.spec import SweepSpec, parse_spec
@@ -142,53 +142,21 @@ class TrainReporter:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-class RayCacheLock:
-    """The AE-cache lock, held in a named actor that every trial of the sweep can reach."""
+class RayCacheLock(HeartbeatLock):
+    """The AE-cache lock, a :class:`LockTable` in a named actor that every trial of the sweep can
+    reach; a held lease is renewed by this process's heartbeat until it is released (so it lasts as
+    long as this process lives; see :mod:`orchestration.cache_lock`)."""
 
     def __init__(self, name: str) -> None:
         import ray
 
-        self.actor = ray.get_actor(name, namespace="deepsad")
+        actor = ray.get_actor(name, namespace="deepsad")
 
-    def acquire(self, key: str, owner: str) -> bool:
-        import ray
+        def call(method: str, key: str, owner: str) -> Any:
+            return ray.get(getattr(actor, method).remote(key, owner))
 
-        return bool(ray.get(self.actor.acquire.remote(key, owner)))
-
-    def release(self, key: str, owner: str) -> None:
-        import ray
-
-        ray.get(self.actor.release.remote(key, owner))
-
-    def renew(self, key: str, owner: str) -> None:
-        import ray
-
-        ray.get(self.actor.renew.remote(key, owner))
-
-
-class LockTable:
-    """Actor state: key -> (owner, lease expiry). A lease not renewed for ``ttl_s`` is free again,
-    so a trial that died while pretraining does not block the others forever."""
-
-    def __init__(self, ttl_s: float = 300.0) -> None:
-        self.ttl_s = ttl_s
-        self.owners: dict[str, tuple[str, float]] = {}
-
-    def acquire(self, key: str, owner: str) -> bool:
-        now = time.monotonic()
-        held = self.owners.get(key)
-        if held is None or held[1] < now or held[0] == owner:
-            self.owners[key] = (owner, now + self.ttl_s)
-            return True
-        return False
-
-    def renew(self, key: str, owner: str) -> None:
-        if key in self.owners and self.owners[key][0] == owner:
-            self.owners[key] = (owner, time.monotonic() + self.ttl_s)
-
-    def release(self, key: str, owner: str) -> None:
-        if key in self.owners and self.owners[key][0] == owner:
-            del self.owners[key]
+        lease_s: Any = ray.get(actor.lease_s.remote())
+        super().__init__(call, float(lease_s))
 
 
 def tune_trial(config: dict[str, Any], payload: SweepPayload) -> None:

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from deepsad.errors import StorageError
+from orchestration.cache_lock import LockTable, lease_seconds
 from orchestration.plan import enumerate_cells
 from orchestration.preflight import check_resources, validate_spec
 from orchestration.ray_session import cluster_ray, local_ray, reap_stale_ray
-from orchestration.ray_trial import LockTable, SweepPayload, tune_trial
+from orchestration.ray_trial import SweepPayload, tune_trial
 from orchestration.results import ResultStore
 from orchestration.spec import SweepSpec, parse_spec
 from orchestration.storage import Storage
@@ -315,6 +316,7 @@ def run_sweep(
         KeyboardInterrupt: after a graceful stop on Ctrl-C (the sweep stays resumable).
     """
     cpus, gpus = _machine()
+    lease_s = lease_seconds()  # the AE-cache lock's lease: a bad DEEPSAD_AE_LOCK_LEASE_S stops us before Ray
     if not in_cluster:
         check_resources(prep.spec, cpus, gpus)  # again: a resumed sweep may land on a smaller machine
     spec = prep.spec
@@ -358,7 +360,7 @@ def run_sweep(
         # on the driver's node: the lock table must not die with a worker node
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         lock = ray.remote(num_cpus=0)(LockTable).options(name=payload.lock_name, namespace="deepsad",
-                                                         get_if_exists=True, scheduling_strategy=here).remote()
+                                                         get_if_exists=True, scheduling_strategy=here).remote(lease_s)
         _keep_credentials_out_of_runtime_envs()
         total = _total(prep)
         if payload.bundles:

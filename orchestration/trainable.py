@@ -274,7 +274,12 @@ def _autoencoder(
             tensors, meta = hit
             return tensors, {**info, "cache_hit": True, "ae_seconds_saved": float(meta.get("ae_seconds", 0.0))}, []
         if _decide(reporter, lambda: lock.acquire(key, owner)):
-            break
+            # the previous holder may have cached it between our miss and our acquire: look again
+            if not _decide(reporter, lambda: cache.exists(key)):
+                break
+            if reporter.rank == 0:
+                lock.release(key, owner)
+            continue
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {ctx.cache_wait_s:.0f} s for another trial to pretrain AE {key}")
         time.sleep(0.5)
