@@ -373,3 +373,85 @@ def test_a_sweep_runs_entirely_on_s3(
     objects = {k: v for k, v in seaweedfs_server.objects().items() if k.startswith(prefix)}
     for text in _all_text(objects):
         assert_no_secret(text)
+
+
+# ------------------------------------------------------------------------- what the IAM policy must allow
+
+
+@integration
+def test_every_s3_request_is_allowed_by_the_shipped_iam_policy(
+    moto_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Records every request the Storage API and a whole sweep (submit, status, results, checkpoint
+    pull, resubmit) send to S3 (moto's recorder, all processes, Ray workers included), maps each to
+    the IAM requests AWS authorises it with, and evaluates them against infra/aws/iam-policy.json
+    rendered for this bucket and prefix (moto itself enforces no IAM). The generalised requests must
+    be in tests/infra/s3_requests.json, which tests/infra checks offline (allowed, and nothing else
+    allowed); DEEPSAD_RECORD_S3_REQUESTS=1 rewrites that file from this run."""
+    import torch
+
+    from tests.infra.iam import evaluate, load_policy
+    from tests.infra.s3_requests import MotoRecording, generalise, iam_requests, load_record, write_record
+    from tests.orchestration.sweeps_helpers import cli, small_spec, write_spec
+    from tests.s3_servers import use_server
+
+    use_server(monkeypatch, moto_server, tmp_path)
+    # one path segment, as infra/aws/bucket.sh requires: Ray Tune's create_dir writes a directory
+    # marker for every ancestor ("a/" of "a/b"), which a policy for "a/b/*" does not allow
+    prefix = f"iam-{uuid.uuid4().hex[:8]}"
+    storage = f"s3://{BUCKET}/{prefix}"
+    local = tmp_path / "local"
+    (local / "sub").mkdir(parents=True)
+    (local / "meta.json").write_text("{}")
+    (local / "sub" / "w.bin").write_bytes(b"\1" * 100)
+    spec = write_spec(tmp_path, small_spec("iam", train__epochs=2, pretrain__epochs=2))
+    work = tmp_path / "work"
+    work.mkdir()
+    with MotoRecording(moto_server.endpoint) as recording:
+        s = Storage.from_uri(storage)
+        s.check_writable()
+        s.write_bytes(b"x", "a", "f.txt")
+        s.write_bytes(b"\0" * (12 << 20), "big.bin")  # past pyarrow's part size: a multipart upload
+        assert s.read_bytes("a", "f.txt") == b"x" and s.exists("a") and not s.exists("nope")
+        assert s.list("a") == ["f.txt"] and not s.is_complete("a")
+        s.upload_dir(local, "d")
+        s.upload_dir(local, "d")  # a re-upload hides the old manifest first
+        s.download_dir(tmp_path / "down", "d")
+        s.delete("a", "f.txt")
+        s.delete("big.bin")
+        s.delete("d")
+        store = ResultStore(s.child("rs"))
+        store.write_trial({"trial_key": "k1", "status": "finished", "seed": 0, "val_auroc": 0.5})
+        assert store.trials().num_rows == 1
+        cache = AECache(s.child("rs"))
+        key = ae_cache_key("ae", "ef" * 32)
+        cache.put(key, {"w": torch.zeros(3)}, {"ae_seconds": 1.0, "epochs": 1, "trial_key": "t"})
+        assert cache.get(key) is not None and cache.entries()
+        cache.delete(key)
+        for args in (
+            ["sweep", "submit", str(spec), "--storage", storage],
+            ["sweep", "status", "iam", "--storage", storage],
+            ["results", "show", "iam", "--storage", storage, "--format", "json"],
+            ["checkpoint", "pull", "iam", "--to", str(tmp_path / "best"), "--storage", storage],
+            ["sweep", "submit", str(spec), "--storage", storage],
+        ):
+            run = cli(args, cwd=work, timeout=400)
+            assert run.returncode == 0, f"{args}: {run.stdout + run.stderr}"
+    operations = recording.operations()
+    assert {"HeadBucket", "PutObject", "GetObject", "HeadObject", "ListObjectsV2"} <= {
+        o.name for o in operations
+    }
+    policy = load_policy(REPO / "infra" / "aws" / "iam-policy.json", BUCKET=BUCKET, PREFIX=prefix)
+    denied = sorted(
+        {f"{why}: {r.action} {r.resource} {dict(r.context)} -> {evaluate(policy, r)}"
+         for op in operations for why, r in iam_requests(op) if evaluate(policy, r) != "allowed"}
+    )  # fmt: skip
+    assert not denied, "infra/aws/iam-policy.json denies what the product does:\n" + "\n".join(denied)
+    seen = {(why, generalise(r, BUCKET, prefix)) for op in operations for why, r in iam_requests(op)}
+    if os.environ.get("DEEPSAD_RECORD_S3_REQUESTS") == "1":
+        write_record(seen)
+    missing = seen - set(load_record())
+    assert not missing, (
+        "requests not in tests/infra/s3_requests.json (rerun this test with DEEPSAD_RECORD_S3_REQUESTS=1 "
+        "and review the diff):\n" + "\n".join(sorted(f"{w}: {r.as_json()}" for w, r in missing))
+    )
