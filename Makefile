@@ -1,19 +1,30 @@
 # Two commands for a new user (see README.md):
 #   make quickstart   set everything up, then run the main job on the embedded default
 #   make test         set everything up, then run every test suite (unit, integration, slow)
+# Everything installs from constraints.txt, the lock of tested versions (`make lock` renews it).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := constraints.txt
+LATEST := .venv-latest
+# pip itself is pinned (a new pip can change resolution); torch 2.13.0 is the CPU wheel (a looser spec
+# can pull a multi-GB CUDA build).
+PIP    := pip==26.3
+TORCH  := torch==2.13.0
 
-.PHONY: setup quickstart test unit lint bench clean
+.PHONY: setup quickstart test unit lint bench clean lock test-latest
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# the CPU wheel of torch 2.13.0 (a looser spec can pull a multi-GB CUDA build)
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+# $(1): the venv; $(2): extra pip arguments (the lock, or nothing for the newest allowed versions)
+define install
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q $(PIP)
+	$(1)/bin/python -m pip install -q $(TORCH) $(2)
+	$(1)/bin/python -m pip install -q -e ".[dev]" $(2)
+endef
+
+$(STAMP): pyproject.toml $(LOCK)
+	$(call install,$(VENV),-c $(LOCK))
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -35,5 +46,23 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_core.py
 
+# Not in CI's required path: the newest versions pyproject.toml allows, in a venv of their own.
+test-latest:
+	rm -rf $(LATEST)
+	$(call install,$(LATEST),)
+	$(LATEST)/bin/python -m pytest -m "not gpu"
+
+# Renew the lock: resolve the newest allowed versions in a fresh venv, then freeze it. Run `make
+# test-latest` (or `make test` after this) before committing the new constraints.txt.
+lock:
+	rm -rf $(LATEST)
+	$(call install,$(LATEST),)
+	{ echo "# The lock of tested versions: make setup / quickstart / test and CI install with"; \
+	  echo "# \`pip install -c constraints.txt\`. Renew with \`make lock\` (see README.md)."; \
+	  echo "# Resolved on $$(uname -sm), Python $$($(LATEST)/bin/python -c 'import platform; print(platform.python_version())')."; \
+	  $(LATEST)/bin/python -m pip freeze --exclude-editable | sed -e 's/^torch==\(.*\)+cpu$$/torch==\1/'; \
+	} > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LATEST) runs .pytest_cache

@@ -463,11 +463,22 @@ def build_report(record: SweepRecord, *, metric: str = "auroc", axis: str | None
     return Report(record.name, metric, tables, tuple(per_class(record.rows, tables[0], method)), prov)
 
 
-def write_report(report: Report, out: Path) -> list[Path]:
+#: What `report` writes into --out (and so all that its --force may replace).
+REPORT_OWNS: tuple[str, ...] = ("report.md", "report.html", "figures/*.png", "tables/*.csv", "tables/*.json")
+
+
+def write_report(report: Report, out: Path, *, force: bool = False) -> list[Path]:
     """Write ``out``/report.md, report.html, figures/*.png and tables/*.csv|json; returns the files written.
 
-    Raises StorageError if ``out`` cannot be written.
+    ``out`` appears whole (built beside it, then swapped in); an existing, non-empty ``out`` is replaced
+    only with ``force`` and only if it holds nothing but a report's own files (:mod:`orchestration.outputs`).
+
+    Raises StorageError if ``out`` may not or cannot be written.
     """
     from orchestration import report_render
+    from orchestration.outputs import OutputDir
 
-    return report_render.render(report, Path(out))
+    output = OutputDir(Path(out), command="report", flag="--out", owns=REPORT_OWNS, force=force, what="the report")
+    with output.staging() as tmp:
+        written = report_render.render(report, tmp, shown=output.path)
+    return [output.path / p.relative_to(tmp) for p in written]

@@ -538,8 +538,9 @@ def _provenance_json(p: Provenance) -> str:
 # ------------------------------------------------------------------------------------------- files
 
 
-def render(report: Report, out: Path) -> list[Path]:
-    """Write every file of the report under ``out``; returns them. Raises StorageError on a failed write."""
+def render(report: Report, out: Path, *, shown: Path | None = None) -> list[Path]:
+    """Write every file of the report under ``out``; returns them. Raises StorageError on a failed write
+    (naming ``shown``, the final place, when ``out`` is a staging directory)."""
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     files: dict[str, str] = {}  # relative path -> text
     for ab in report.tables:
@@ -576,5 +577,5 @@ def render(report: Report, out: Path) -> list[Path]:
             )
             written.append(out / figs[1][0])
     except OSError as e:
-        raise StorageError(f"--out {out}: cannot write the report ({e.strerror or e})") from e
+        raise StorageError(f"--out {shown or out}: cannot write the report ({e.strerror or e})") from e
     return written

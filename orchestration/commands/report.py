@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,7 +10,7 @@ import typer
 def report(
     name: Annotated[str, typer.Argument(help="Sweep name.")],
     out: Annotated[
-        Path, typer.Option("--out", help="Directory for report.md, report.html, figures/, tables/.")
+        str, typer.Option("--out", help="Directory for report.md, report.html, figures/, tables/ (created).")
     ],
     storage: Annotated[
         str | None,
@@ -30,16 +29,22 @@ def report(
             "when that is the ablation axis).",
         ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an earlier report in --out (never other files).")
+    ] = False,
 ) -> None:
     """Write Markdown + HTML tables (mean ± std, 95% CI, n) and PNG figures of sweep NAME, with provenance."""
-    from orchestration.report import build_report, load_sweep, write_report
+    from orchestration.outputs import OutputDir, output_path
+    from orchestration.report import REPORT_OWNS, build_report, load_sweep, write_report
 
+    out_dir = output_path(out, "--out")
+    OutputDir(out_dir, command="report", flag="--out", owns=REPORT_OWNS, force=force, what="the report").check()
     result = build_report(load_sweep(name, storage), metric=metric, axis=axis)
-    files = write_report(result, out)
+    files = write_report(result, out_dir, force=force)
     figures = sum(f.suffix == ".png" for f in files)
     tables = sum(f.parent.name == "tables" for f in files)
     typer.echo(
-        f"report: {out / 'report.md'} · {out / 'report.html'} ({figures} figures, {tables} tables; "
+        f"report: {out_dir / 'report.md'} · {out_dir / 'report.html'} ({figures} figures, {tables} tables; "
         f"{result.provenance.used} trials)"
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from pathlib import Path
 from typing import IO
@@ -12,6 +13,7 @@ import pytest
 
 from deepsad.errors import StorageError
 from orchestration.storage import Storage, safe_key
+from tests.real import unavailable
 
 
 def test_local_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,13 +213,31 @@ def test_check_writable(tmp_path: Path) -> None:
         bad.check_writable()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
 def test_check_writable_read_only_dir(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            with pytest.raises(StorageError, match="not writable"):
+                Storage.from_uri(ro).check_writable()
+        finally:
+            ro.chmod(0o700)
+        return
+    # Root ignores file permissions (CI runs as root), but not a read-only mount: mount a small tmpfs
+    # read-only over a directory of this test and check against it.
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o500)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k,mode=0755", "deepsad-ro", str(ro)],
+        capture_output=True, text=True, timeout=60,
+    )
+    if mounted.returncode != 0:
+        unavailable(f"root cannot mount a read-only tmpfs here: {mounted.stderr.strip()}")
     try:
-        with pytest.raises(StorageError, match="not writable"):
+        with pytest.raises(StorageError, match=r"not writable \(Read-only file system\)"):
             Storage.from_uri(ro).check_writable()
+        with pytest.raises(StorageError, match="not writable"):
+            Storage.from_uri(ro / "sub" / "root").check_writable()
     finally:
-        ro.chmod(0o700)
+        subprocess.run(["umount", str(ro)], capture_output=True, timeout=60, check=True)

@@ -176,12 +176,12 @@ def test_bad_submit_prints_one_error_line_exits_2_and_starts_nothing(case: str, 
     [["--help"], ["sweep", "--help"], ["sweep", "submit", "--help"], ["results", "show", "--help"]],
     ids=" ".join,
 )
-def test_help_imports_neither_torch_nor_ray_and_is_quick(args: list[str], tmp_path: Path) -> None:
+def test_help_imports_neither_torch_nor_ray(args: list[str], tmp_path: Path) -> None:
+    """What keeps `--help` quick: no heavy import (its time is benchmarks/bench_cli.py's, not a test's)."""
     got = deepsad(args, cwd=tmp_path)
     assert got.code == 0 and got.stderr == "", got.stderr
     assert "Usage" in got.stdout
     assert got.imported == {"ray": False, "torch": False}
-    assert got.seconds < 2.0, f"{' '.join(args)} took {got.seconds:.2f} s"
 
 
 def test_sweep_help_lists_its_commands(tmp_path: Path) -> None:
