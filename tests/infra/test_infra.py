@@ -280,12 +280,13 @@ def test_dockerfile_label_matches_the_project_version() -> None:
 
 def test_dockerfile_ray_matches_the_pin_and_installs_the_project() -> None:
     text = DOCKERFILE.read_text()
-    m = re.search(r"^FROM\s+rayproject/ray:(\d+\.\d+)\.\d+-", text, re.MULTILINE)
+    m = re.search(r"^ARG RAY_IMAGE=rayproject/ray:(\d+\.\d+)\.\d+-", text, re.MULTILINE)
     assert m, "Dockerfile: base is not a rayproject/ray image"
     assert m.group(1) == _ray_minor()
     assert re.search(r"torch==[\d.]+ --index-url https://download\.pytorch\.org/whl/cu\d+", text)
+    assert re.search(r"^FROM \$\{RAY_IMAGE\}@", text, re.MULTILINE)
     assert re.search(r"^USER\s+(?!root\b)\S+", text, re.MULTILINE), "Dockerfile: no non-root USER"
-    assert re.search(r"^RUN pip install --no-cache-dir \.", text, re.MULTILINE)
+    assert re.search(r"^RUN pip install --no-cache-dir -c constraints\.txt \.", text, re.MULTILINE)
 
 
 @pytest.mark.parametrize("path", [CLUSTER, RAYCLUSTER, RAYJOB], ids=["cluster", "raycluster", "rayjob"])
