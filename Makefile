@@ -12,6 +12,8 @@ LATEST := .venv-latest
 # can pull a multi-GB CUDA build).
 PIP    := pip==26.3
 TORCH  := torch==2.13.0
+# the checkov release `make lock` records (checkov's own dependencies are not locked)
+CHECKOV_VERSION := 3.3.30
 
 .PHONY: setup quickstart test unit lint bench clean lock test-latest
 
@@ -27,7 +29,15 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(call install,$(VENV),-c $(LOCK))
 	touch $(STAMP)
 
-setup: $(STAMP)
+# checkov (the infra/ tests run it) lives in a venv of its own: in .venv it would pull boto3 far back.
+CHECKOV := $(VENV)/checkov/bin/checkov
+$(CHECKOV): $(LOCK)
+	test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install -q $(PIP)
+	$(VENV)/checkov/bin/python -m pip install -q checkov==$$(sed -n 's/^# checkov==\([^ ]*\).*/\1/p' $(LOCK))
+	touch $(CHECKOV)
+
+setup: $(STAMP) $(CHECKOV)
 
 quickstart: setup
 	$(BIN)/deepsad sweep submit sweeps/quickstart.yaml
@@ -42,6 +52,7 @@ unit: setup
 lint: setup
 	$(BIN)/ruff check deepsad orchestration tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/python -m pytest tests/infra -q
 
 bench: setup
 	$(BIN)/python benchmarks/bench_core.py
@@ -60,6 +71,7 @@ lock:
 	{ echo "# The lock of tested versions: make setup / quickstart / test and CI install with"; \
 	  echo "# \`pip install -c constraints.txt\`. Renew with \`make lock\` (see README.md)."; \
 	  echo "# Resolved on $$(uname -sm), Python $$($(LATEST)/bin/python -c 'import platform; print(platform.python_version())')."; \
+	  echo "# checkov==$(CHECKOV_VERSION)  (its own venv, .venv/checkov: see above)"; \
 	  $(LATEST)/bin/python -m pip freeze --exclude-editable | sed -e 's/^torch==\(.*\)+cpu$$/torch==\1/'; \
 	} > $(LOCK).new
 	mv $(LOCK).new $(LOCK)

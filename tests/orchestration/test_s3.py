@@ -23,6 +23,7 @@ from orchestration.cache import AECache, ae_cache_key
 from orchestration.results import TRIAL_SCHEMA, ResultStore
 from orchestration.storage import Storage
 from tests.conftest import REPO
+from tests.real import require_module
 from tests.s3_servers import ACCESS_KEY, BUCKET, SECRET_KEY, S3Server, free_port, listening_addresses
 
 SECRETS = (ACCESS_KEY, SECRET_KEY)
@@ -278,7 +279,7 @@ def test_no_secret_in_errors_or_stored_objects(s3_server: S3Server, tmp_path: Pa
 def test_results_are_queryable_in_place(s3_server: S3Server) -> None:
     """duckdb has no httpfs extension offline (and must not download one), so it queries the trial table
     through a pyarrow dataset over the same S3 file system: the data stays in the bucket."""
-    duckdb = pytest.importorskip("duckdb")
+    duckdb = require_module("duckdb", "duckdb is not installed (a dev dependency)")
     s = Storage.from_uri(f"s3://{BUCKET}/q-{uuid.uuid4().hex[:8]}").child("sweep")
     store = ResultStore(s)
     for i, auroc in enumerate([0.7, 0.9, 0.8]):
