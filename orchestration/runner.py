@@ -200,6 +200,9 @@ def prepare(
         where = "--storage" if storage else f"{spec.source}: storage" if spec.storage else "default storage"
         raise StorageError(f"{where}: {e}") from e
     sweep_dir = root.child(spec.name)
+    from orchestration.identity import check_identity
+
+    check_identity(spec, sweep_dir)  # a changed file under an existing sweep's name is refused
     finished = _finished(spec, sweep_dir)
     pending = [] if spec.search.algorithm == "tpe" else [c for c in cells if c.key not in finished]
     return Prepared(spec, text, sweep_dir, cells, pending, finished)
@@ -320,6 +323,11 @@ def run_sweep(
     if not in_cluster:
         check_resources(prep.spec, cpus, gpus)  # again: a resumed sweep may land on a smaller machine
     spec = prep.spec
+    # prepare() checked that a submitted file only grows the stored one (orchestration.identity): it
+    # is the sweep's file from now on, even when there is nothing new to run
+    prep.sweep_dir.write_bytes(prep.spec_text.encode(), SPEC_FILE)
+    submission = {"source": str(spec.source), "base_dir": spec.base_dir, "submitted_at": datetime.now(UTC).isoformat()}
+    prep.sweep_dir.write_bytes(json.dumps(submission).encode(), "submission.json")
     if not resume and spec.search.algorithm != "tpe" and not prep.pending:
         progress(f"nothing to do: all {len(prep.cells)} trials of {spec.name} are finished")
         return ResultStore(prep.sweep_dir).summary()
@@ -330,9 +338,6 @@ def run_sweep(
         if done >= (spec.search.num_trials or 0):
             progress(f"nothing to do: the study of {spec.name} already has {done} finished configurations")
             return ResultStore(prep.sweep_dir).summary()
-    prep.sweep_dir.write_bytes(prep.spec_text.encode(), SPEC_FILE)
-    submission = {"source": str(spec.source), "base_dir": spec.base_dir, "submitted_at": datetime.now(UTC).isoformat()}
-    prep.sweep_dir.write_bytes(json.dumps(submission).encode(), "submission.json")
     from orchestration.plan import make_plan
 
     plan = make_plan(spec, prep.cells if spec.search.algorithm != "tpe" else None, storage=prep.sweep_dir.uri.rsplit("/", 1)[0])

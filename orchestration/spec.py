@@ -1,6 +1,6 @@
 """The sweep file: a strict pydantic model of ``sweeps/*.yaml`` and :func:`load_spec`.
 
-A sweep file is read with ``yaml.safe_load`` and validated in two passes; every problem of a pass
+A sweep file is read with ``yaml.safe_load`` (with limits: :mod:`orchestration.spec_yaml`) and validated in two passes; every problem of a pass
 is reported at once, one line each, as ``<file>: <dotted.field>: <message> (got <value>)``:
 
 1. structure — unknown fields (with a "did you mean"), types, ranges of single fields, unknown
@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -79,6 +78,28 @@ REGISTRY_SAMPLE_SHAPES: dict[str, tuple[int, ...]] = {
 #: Where sweeps live when neither the file nor the command line says (relative to the current directory).
 DEFAULT_STORAGE = "runs/sweeps"
 
+# Upper bounds of the numeric fields: far beyond any sensible value, low enough that a typo (or a
+# hostile file) is refused here, naming its field, rather than hours into a sweep. The optimiser's
+# and η's are the core's (deepsad.training; a test keeps them accepted there).
+#: Seeds seed numpy, scikit-learn and Optuna, which take 0 <= seed < 2**32.
+SEED_LIMIT = 2**32
+#: Most trials one sweep may plan: num_trials, grid cells × seeds, ablation cells.
+MAX_TRIALS = 1_000_000
+MAX_LR = 10.0
+MAX_WEIGHT_DECAY = 10.0
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 1 << 20
+MAX_ETA = 1e6
+#: Network sizes (rep_dim, h_dims; the paper's are 32-128): deepsad.networks.MAX_REP_DIM.
+MAX_WIDTH = 4096
+#: Counts in the protocol: labelled anomalies, known classes.
+MAX_COUNT = 1_000_000_000
+#: Values in one list: seeds, choice values, ablation axis values, h_dims, milestones.
+MAX_ITEMS = 10_000
+MAX_NAME = 100
+#: The largest explicit bundle (``auto`` takes at most orchestration.bundles.MAX_BUNDLE).
+MAX_BUNDLE_SIZE = 4096
+
 
 def is_data_file(dataset: str) -> bool:
     """Whether ``data.dataset`` names a user's ``.npz``/``.csv`` file rather than a registry set."""
@@ -102,7 +123,15 @@ class Problem:
     def format(self, source: str) -> str:
         where = f"{source}: {self.field}: " if self.field else f"{source}: "
         got = "" if self.value is _NO_VALUE else f" (got {show(self.value)})"
-        return f"{where}{self.message}{got}"
+        return printable(f"{where}{self.message}{got}")  # field names come from the file too
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (newlines, tabs, U+2028, ...) escaped, so
+    that a message built from what a file holds stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def problems_error(source: str, problems: list[Problem]) -> ConfigError:
@@ -124,10 +153,22 @@ def show(value: Any, limit: int = 80) -> str:
     elif isinstance(value, list | tuple):
         text = "[" + ", ".join(show(v, limit) for v in value) + "]"
     elif isinstance(value, Mapping):
-        text = "{" + ", ".join(f"{k}: {show(v, limit)}" for k, v in value.items()) + "}"
+        text = "{" + ", ".join(f"{show(k, limit)}: {show(v, limit)}" for k, v in value.items()) + "}"
     else:
         text = repr(value)
+    text = printable(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def first_repeat(values: tuple[Any, ...] | list[Any]) -> Any:
+    """The first value of ``values`` (hashable) that occurs earlier too, else ``_NO_VALUE``; in linear
+    time (a quadratic scan of 10,000 values takes seconds)."""
+    seen: set[Any] = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return _NO_VALUE
 
 
 # --------------------------------------------------------------------------- the models
@@ -177,16 +218,20 @@ class DataSpec(_Section):
         return dataset_name(v)
 
 
+Count = Annotated[Int, Field(le=MAX_COUNT)]
+_ClassList = Annotated[tuple[Count, ...], Field(max_length=MAX_ITEMS)]
+
+
 class ProtocolSpec(_Section):
     """``protocol``: :class:`deepsad.data.splits.Protocol` without ``seed`` (seeds come from ``seeds``).
 
-    Ranges are checked by ``Protocol`` itself in the second pass.
+    Ranges are checked by ``Protocol`` itself in the second pass (here only upper bounds of counts).
     """
 
-    normal_classes: tuple[Int, ...]
-    known_anomaly_classes: tuple[Int, ...] | None = None
-    n_known_outlier_classes: Int = 1
-    n_labeled_anomalies: Int | None = None
+    normal_classes: _ClassList
+    known_anomaly_classes: _ClassList | None = None
+    n_known_outlier_classes: Count = 1
+    n_labeled_anomalies: Count | None = None
     ratio_known_outlier: Float = 0.0
     ratio_pollution: Float = 0.0
     ratio_known_normal: Float = 0.0
@@ -198,17 +243,19 @@ class NetSpec(_Section):
     """``net``: overrides of the data set's reference network (missing values keep the reference's)."""
 
     name: NetName | None = None
-    rep_dim: Int | None = Field(default=None, ge=1)
-    h_dims: tuple[Annotated[Int, Field(ge=1)], ...] | None = Field(default=None, min_length=1)
+    rep_dim: Int | None = Field(default=None, ge=1, le=MAX_WIDTH)
+    h_dims: tuple[Annotated[Int, Field(ge=1, le=MAX_WIDTH)], ...] | None = Field(
+        default=None, min_length=1, max_length=64
+    )
 
 
 class _OptimSpec(_Section):
     # Defaults are deepsad.training.OptimConfig's (a test keeps them equal).
-    lr: Float = Field(default=1e-4, gt=0)
-    epochs: Int = Field(default=150, ge=1)
-    milestones: tuple[Int, ...] = (50,)
-    batch_size: Int = Field(default=128, ge=2)
-    weight_decay: Float = Field(default=0.5e-6, ge=0)
+    lr: Float = Field(default=1e-4, gt=0, le=MAX_LR)
+    epochs: Int = Field(default=150, ge=1, le=MAX_EPOCHS)
+    milestones: tuple[Annotated[Int, Field(le=MAX_EPOCHS)], ...] = Field(default=(50,), max_length=MAX_ITEMS)
+    batch_size: Int = Field(default=128, ge=2, le=MAX_BATCH_SIZE)
+    weight_decay: Float = Field(default=0.5e-6, ge=0, le=MAX_WEIGHT_DECAY)
 
     @field_validator("milestones")
     @classmethod
@@ -221,7 +268,7 @@ class _OptimSpec(_Section):
 class TrainSpec(_OptimSpec):
     """``train``: the Deep SAD phase — η, its optimiser, the device and numerics."""
 
-    eta: Float = Field(default=1.0, gt=0)
+    eta: Float = Field(default=1.0, gt=0, le=MAX_ETA)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: Annotated[bool, Field(strict=True)] = False
     reference_compat: Annotated[bool, Field(strict=True)] = False
@@ -231,8 +278,8 @@ class PretrainSpec(_OptimSpec):
     """``pretrain``: the autoencoder's optimiser (``pretrain: null`` turns pretraining off). Defaults
     are :class:`deepsad.training.TrainConfig`'s AE defaults: weight decay 0.5e-3, no milestone."""
 
-    milestones: tuple[Int, ...] = ()
-    weight_decay: Float = Field(default=0.5e-3, ge=0)
+    milestones: tuple[Annotated[Int, Field(le=MAX_EPOCHS)], ...] = Field(default=(), max_length=MAX_ITEMS)
+    weight_decay: Float = Field(default=0.5e-3, ge=0, le=MAX_WEIGHT_DECAY)
 
 
 class LogUniform(_Section):
@@ -263,7 +310,7 @@ class Choice(_Section):
     """One of ``values`` (non-empty, no repeats); the only distribution grid search takes."""
 
     distribution: Literal["choice"]
-    values: tuple[Annotated[int | float, BeforeValidator(_no_bool)], ...] = Field(min_length=1)
+    values: tuple[Annotated[int | float, BeforeValidator(_no_bool)], ...] = Field(min_length=1, max_length=MAX_ITEMS)
 
 
 Distribution = Annotated[LogUniform | Uniform | IntUniform | Choice, Field(discriminator="distribution")]
@@ -302,31 +349,31 @@ class SchedulerSpec(_Section):
     """``search.scheduler``: ASHA early stopping; its time unit is the reported Deep SAD epoch."""
 
     type: Literal["asha"]
-    grace_period: Int = Field(default=1, ge=1)
-    reduction_factor: Float = Field(default=2.0, gt=1)
+    grace_period: Int = Field(default=1, ge=1, le=MAX_EPOCHS)
+    reduction_factor: Float = Field(default=2.0, gt=1, le=1000)
 
 
 class SearchSpec(_Section):
     algorithm: Literal["tpe", "random", "grid"] = "tpe"
-    seed: Int = Field(default=0, ge=0)
-    num_trials: Int | None = Field(default=None, ge=1)
+    seed: Int = Field(default=0, ge=0, lt=SEED_LIMIT)
+    num_trials: Int | None = Field(default=None, ge=1, le=MAX_TRIALS)
     space: SpaceSpec
     objective: ObjectiveSpec = ObjectiveSpec()
     scheduler: SchedulerSpec | None = None
 
 
 class ResourcesSpec(_Section):
-    cpus_per_trial: Float = Field(default=1.0, gt=0)
-    gpus_per_trial: Float = Field(default=0.0, ge=0)
-    workers_per_trial: Int = Field(default=1, ge=1)
-    max_concurrent_trials: Int = Field(default=1, ge=1)
-    max_failures: Int = Field(default=2, ge=0)
+    cpus_per_trial: Float = Field(default=1.0, gt=0, le=4096)
+    gpus_per_trial: Float = Field(default=0.0, ge=0, le=64)
+    workers_per_trial: Int = Field(default=1, ge=1, le=4096)
+    max_concurrent_trials: Int = Field(default=1, ge=1, le=MAX_TRIALS)
+    max_failures: Int = Field(default=2, ge=0, le=1000)
     # a trial checkpoints at the end of each phase and otherwise at most this often (0: every epoch);
     # tiny epochs would spend more time checkpointing than training
-    checkpoint_interval_s: Float = Field(default=10.0, ge=0)
+    checkpoint_interval_s: Float = Field(default=10.0, ge=0, le=86_400)
     # many trials per process (deepsad.bundle): compatible trials train together, K at a time, each
     # exactly as alone. An integer caps K; "auto" sizes bundles to the device's memory (GPU) or 8 (CPU).
-    bundle_size: Int | Literal["auto"] = 1
+    bundle_size: Int | Literal["auto"] = 1  # range: spec_checks (a union reports only its last member)
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -345,20 +392,21 @@ AXES: tuple[str, ...] = (
 )  # fmt: skip
 #: The axes that are fields of ``protocol``.
 PROTOCOL_AXES: tuple[str, ...] = AXES[1:]
-_Classes = tuple[Int, ...]
+_Classes = _ClassList
 
 
 class AxesSpec(_Section):
     """``ablation.axes``: each a non-empty list of values without repeats; absent axes keep the
     ``protocol``/``data`` value. ``known_anomaly_classes`` values may be ``null`` (drawn at random)."""
 
-    dataset: tuple[str, ...] | None = Field(default=None, min_length=1)
-    normal_classes: tuple[_Classes, ...] | None = Field(default=None, min_length=1)
-    known_anomaly_classes: tuple[_Classes | None, ...] | None = Field(default=None, min_length=1)
-    n_known_outlier_classes: tuple[Int, ...] | None = Field(default=None, min_length=1)
-    n_labeled_anomalies: tuple[Int, ...] | None = Field(default=None, min_length=1)
-    ratio_known_outlier: tuple[Float, ...] | None = Field(default=None, min_length=1)
-    ratio_pollution: tuple[Float, ...] | None = Field(default=None, min_length=1)
+    dataset: tuple[str, ...] | None = Field(default=None, min_length=1, max_length=MAX_ITEMS)
+    normal_classes: tuple[_Classes, ...] | None = Field(default=None, min_length=1, max_length=MAX_ITEMS)
+    known_anomaly_classes: tuple[_Classes | None, ...] | None = Field(default=None, min_length=1,
+                                                                      max_length=MAX_ITEMS)
+    n_known_outlier_classes: tuple[Count, ...] | None = Field(default=None, min_length=1, max_length=MAX_ITEMS)
+    n_labeled_anomalies: tuple[Count, ...] | None = Field(default=None, min_length=1, max_length=MAX_ITEMS)
+    ratio_known_outlier: tuple[Float, ...] | None = Field(default=None, min_length=1, max_length=MAX_ITEMS)
+    ratio_pollution: tuple[Float, ...] | None = Field(default=None, min_length=1, max_length=MAX_ITEMS)
 
     @field_validator("dataset")
     @classmethod
@@ -369,9 +417,9 @@ class AxesSpec(_Section):
     @classmethod
     def _no_repeats(cls, v: Any) -> Any:
         if v is not None:
-            repeated = [x for i, x in enumerate(v) if x in v[:i]]
-            if repeated:
-                raise ValueError(f"value {show(repeated[0])} is repeated")
+            repeated = first_repeat(v)
+            if repeated is not _NO_VALUE:
+                raise ValueError(f"value {show(repeated)} is repeated")
         return v
 
     def items(self) -> list[tuple[str, tuple[Any, ...]]]:
@@ -385,16 +433,16 @@ class AblationSpec(_Section):
     (policy ``tuned``; Deep SAD and Deep SVDD only — the baselines always choose their own)."""
 
     axes: AxesSpec = AxesSpec()
-    methods: tuple[Method, ...] = Field(default=("deepsad",), min_length=1)
+    methods: tuple[Method, ...] = Field(default=("deepsad",), min_length=1, max_length=MAX_ITEMS)
     policy: Literal["fixed", "tuned"] = "fixed"
-    budget: Int | None = Field(default=None, ge=1)
+    budget: Int | None = Field(default=None, ge=1, le=MAX_TRIALS)
 
     @field_validator("methods")
     @classmethod
     def _unique_methods(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        repeated = [m for i, m in enumerate(v) if m in v[:i]]
-        if repeated:
-            raise ValueError(f"method {repeated[0]} is repeated")
+        repeated = first_repeat(v)
+        if repeated is not _NO_VALUE:
+            raise ValueError(f"method {repeated} is repeated")
         return v
 
 
@@ -409,7 +457,9 @@ class SweepSpec(_Section):
     train: TrainSpec = TrainSpec()
     pretrain: PretrainSpec | None = PretrainSpec()
     search: SearchSpec
-    seeds: tuple[Annotated[Int, Field(ge=0)], ...] = Field(default=(0,), min_length=1)
+    seeds: tuple[Annotated[Int, Field(ge=0, lt=SEED_LIMIT)], ...] = Field(
+        default=(0,), min_length=1, max_length=MAX_ITEMS
+    )
     resources: ResourcesSpec = ResourcesSpec()
     storage: str | None = None
     ablation: AblationSpec | None = None
@@ -431,7 +481,10 @@ class SweepSpec(_Section):
     @field_validator("name")
     @classmethod
     def _directory_name(cls, v: str) -> str:
-        # It names a directory under the storage root: no separators, no "." / ".." / hidden names.
+        # It names a directory under the storage root: no separators, no "." / ".." / hidden names,
+        # and well inside a file name's limit (255 bytes).
+        if len(v) > MAX_NAME:
+            raise ValueError(f"must be at most {MAX_NAME} characters (it names the sweep's directory)")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", v) or v.startswith("."):
             raise ValueError(
                 "must be letters, digits, '_', '.', '-' and not start with '.' (it names the sweep's directory)"
@@ -441,9 +494,9 @@ class SweepSpec(_Section):
     @field_validator("seeds")
     @classmethod
     def _unique(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        repeated = [s for s in dict.fromkeys(v) if v.count(s) > 1]
-        if repeated:
-            raise ValueError(f"seed {repeated[0]} is repeated")
+        repeated = first_repeat(v)
+        if repeated is not _NO_VALUE:
+            raise ValueError(f"seed {repeated} is repeated")
         return v
 
 
@@ -458,9 +511,16 @@ def load_spec(path: Path, *, base_dir: str | Path | None = None) -> SweepSpec:
         ConfigError: the file is missing or unreadable, is not YAML or not a mapping, or has
             problems; the message has one line per problem, each prefixed with ``path``.
     """
+    from orchestration.spec_yaml import MAX_CHARS
+
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as f:
+            data = f.read(4 * MAX_CHARS + 1)  # UTF-8 takes at most 4 bytes a character
+        if len(data) > 4 * MAX_CHARS:
+            raise ConfigError(f"{source}: larger than {4 * MAX_CHARS:,} bytes; a sweep file may have at most "
+                              f"{MAX_CHARS:,} characters")
+        text = data.decode("utf-8")
     except FileNotFoundError as e:
         raise ConfigError(f"{source}: file not found") from e
     except IsADirectoryError as e:
@@ -480,21 +540,16 @@ def parse_spec(text: str, source: str = "<sweep>", *, base_dir: str | Path | Non
     Raises:
         ConfigError: as :func:`load_spec`.
     """
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ConfigError(f"{source}: {where}invalid YAML: {e.problem or e.context}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: invalid YAML: {e}") from e
+    from orchestration.spec_yaml import read_yaml
+
+    raw = read_yaml(text, source)
     if raw is None:
         raise ConfigError(f"{source}: the file is empty; a sweep needs name, data, protocol and search")
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{source}: must be a mapping of sections (name, data, protocol, search, ...) (got {show(raw)})"
         )
-    from orchestration.spec_checks import consistency
+    from orchestration.spec_checks import consistency, raw_choice_problems
     from orchestration.spec_errors import structure_problems
 
     given = _given(raw)
@@ -505,6 +560,8 @@ def parse_spec(text: str, source: str = "<sweep>", *, base_dir: str | Path | Non
         problems = structure_problems(e)
         bad = {str(err["loc"][0]) for err in e.errors() if err["loc"]}
         problems += consistency({**_valid_sections(raw, bad), "given": given})
+        if "search" in bad:  # the values of choices that are numbers are still checked
+            problems += raw_choice_problems(raw)
         raise problems_error(source, problems) from None
     problems = consistency({**{name: getattr(spec, name) for name in SweepSpec.model_fields}, "given": given})
     if problems:

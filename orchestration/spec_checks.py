@@ -6,6 +6,7 @@ registered for the sections it needs.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -13,6 +14,12 @@ from typing import Any
 from deepsad.errors import ConfigError
 from orchestration.spec import (
     _NO_VALUE,
+    MAX_BUNDLE_SIZE,
+    MAX_ETA,
+    MAX_LR,
+    MAX_TRIALS,
+    MAX_WEIGHT_DECAY,
+    MAX_WIDTH,
     PROTOCOL_AXES,
     REGISTRY_SAMPLE_SHAPES,
     SPACE_KEYS,
@@ -27,6 +34,7 @@ from orchestration.spec import (
     SearchSpec,
     SpaceSpec,
     Uniform,
+    first_repeat,
     is_data_file,
     show,
 )
@@ -58,6 +66,8 @@ def _protocol(s: dict[str, Any]) -> Iterator[Problem]:
         except ConfigError as e:
             yield from protocol_problems(e)
         return
+    if math.prod(len(v) for k, v in ablation.axes.items() if k in PROTOCOL_AXES) > MAX_TRIALS:
+        return  # too many cells: _size says so (checking each would take minutes)
     combos = list(protocol_combinations(s["protocol"], ablation.axes))
     if not combos:
         yield Problem("ablation.axes", "every normal_classes value overlaps every known_anomaly_classes value; "
@@ -111,15 +121,66 @@ def protocol_problems(error: ConfigError) -> list[Problem]:
     return problems
 
 
-# The smallest value of each searched hyperparameter: (comparison, bound).
-_KEY_BOUNDS: dict[str, tuple[str, float]] = {
-    "eta": (">", 0.0),
-    "lr": (">", 0.0),
-    "ae_lr": (">", 0.0),
-    "weight_decay": (">=", 0.0),
-    "ae_weight_decay": (">=", 0.0),
-    "rep_dim": (">=", 1.0),
+# The range of each searched hyperparameter: (comparison with the smallest value, it, the largest) —
+# the ranges of the fields they replace (train.eta, train.lr, net.rep_dim, ...).
+_KEY_BOUNDS: dict[str, tuple[str, float, float]] = {
+    "eta": (">", 0.0, MAX_ETA),
+    "lr": (">", 0.0, MAX_LR),
+    "ae_lr": (">", 0.0, MAX_LR),
+    "weight_decay": (">=", 0.0, MAX_WEIGHT_DECAY),
+    "ae_weight_decay": (">=", 0.0, MAX_WEIGHT_DECAY),
+    "rep_dim": (">=", 1.0, MAX_WIDTH),
 }
+
+
+def _bound(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def value_problem(key: str, v: float) -> str | None:
+    """What is wrong with ``v`` as a value of searched ``key`` (None: nothing)."""
+    op, low, high = _KEY_BOUNDS[key]
+    if not (v > low if op == ">" else v >= low):
+        return f"must be {op} {_bound(low)}"
+    if v > high:
+        return f"must be <= {_bound(high)}"
+    return None
+
+
+def choice_value_problems(key: str, values: Any) -> Iterator[Problem]:
+    """Every bad value of a choice for ``key``, each naming its index: integers for rep_dim, each in
+    the key's range, no repeats. ``values`` may be raw YAML (when the section failed pass 1, the
+    values that are numbers are still checked, so that every bad value is reported at once)."""
+    at = f"search.space.{key}.values"
+    if not isinstance(values, list | tuple):
+        return
+    numbers = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            continue  # not a number: pass 1 says so
+        numbers.append(v)
+        if key == "rep_dim" and not isinstance(v, int):
+            yield Problem(f"{at}[{i}]", "must be an integer", v)
+        elif (message := value_problem(key, v)) is not None:
+            yield Problem(f"{at}[{i}]", message, v)
+    repeated = first_repeat(numbers)
+    if repeated is not _NO_VALUE:
+        yield Problem(at, f"value {show(repeated)} is repeated", list(values))
+
+
+def raw_choice_problems(raw: Any) -> list[Problem]:
+    """:func:`choice_value_problems` of the raw ``search.space`` of a file whose ``search`` failed
+    pass 1 (so that ``values: [-1, 0, x]`` reports all three values, not only ``x``)."""
+    search = raw.get("search") if isinstance(raw, dict) else None
+    space = search.get("space") if isinstance(search, dict) else None
+    if not isinstance(space, dict):
+        return []
+    problems: list[Problem] = []
+    for key in SPACE_KEYS:
+        dist = space.get(key)
+        if isinstance(dist, dict) and dist.get("distribution") == "choice":
+            problems += choice_value_problems(key, dist.get("values"))
+    return problems
 
 
 @_check("search")
@@ -133,12 +194,6 @@ def _space(s: dict[str, Any]) -> Iterator[Problem]:
         )
     for key, dist in search.space.items():
         at = f"search.space.{key}"
-        op, bound = _KEY_BOUNDS[key]
-
-        def out_of_bounds(v: float, op: str = op, bound: float = bound) -> bool:
-            return not (v > bound if op == ">" else v >= bound)
-
-        shown_bound = int(bound) if bound == int(bound) else bound
         if key == "rep_dim" and isinstance(dist, LogUniform | Uniform):
             yield Problem(
                 f"{at}.distribution", "rep_dim is an integer; use int_uniform or choice", dist.distribution
@@ -152,22 +207,17 @@ def _space(s: dict[str, Any]) -> Iterator[Problem]:
             )
             continue
         if isinstance(dist, Choice):
-            for i, v in enumerate(dist.values):
-                if key == "rep_dim" and not isinstance(v, int):
-                    yield Problem(f"{at}.values[{i}]", "must be an integer", v)
-                elif out_of_bounds(v):
-                    yield Problem(f"{at}.values[{i}]", f"must be {op} {shown_bound}", v)
-            repeated = [v for v in dict.fromkeys(dist.values) if list(dist.values).count(v) > 1]
-            if repeated:
-                yield Problem(f"{at}.values", f"value {show(repeated[0])} is repeated", list(dist.values))
+            yield from choice_value_problems(key, dist.values)
             continue
-        if isinstance(dist, LogUniform) and dist.low <= 0 and op == ">=":
+        if isinstance(dist, LogUniform) and dist.low <= 0 and _KEY_BOUNDS[key][0] == ">=":
             # the key itself allows 0 (a weight decay), a log scale does not
             yield Problem(f"{at}.low", "must be > 0 for log_uniform (use uniform to include 0)", dist.low)
-        elif out_of_bounds(dist.low):
-            yield Problem(f"{at}.low", f"must be {op} {shown_bound}", dist.low)
+        elif (message := value_problem(key, dist.low)) is not None:
+            yield Problem(f"{at}.low", message, dist.low)
         elif dist.high <= dist.low:
             yield Problem(f"{at}.high", f"must be > low ({show(dist.low)})", dist.high)
+        elif (message := value_problem(key, dist.high)) is not None:
+            yield Problem(f"{at}.high", message, dist.high)
 
     if ablation is not None:
         return  # the cells are a grid whatever the space holds: see _ablation
@@ -185,6 +235,30 @@ def _space(s: dict[str, Any]) -> Iterator[Problem]:
         yield Problem(
             "search.num_trials", f"missing (required for {search.algorithm}: how many configurations to try)"
         )
+
+
+@_check("search", "seeds", "ablation")
+def _size(s: dict[str, Any]) -> Iterator[Problem]:
+    search: SearchSpec = s["search"]
+    ablation: AblationSpec | None = s["ablation"]
+    seeds = len(s["seeds"])
+    if ablation is not None:
+        axes = ablation.axes.items()
+        n = math.prod(len(v) for _, v in axes) * seeds * len(ablation.methods)
+        parts = [f"{len(v)} {k}" for k, v in axes] + [f"{seeds} seeds", f"{len(ablation.methods)} methods"]
+        if ablation.policy == "tuned" and ablation.budget is not None:
+            n *= ablation.budget
+            parts.append(f"budget {ablation.budget}")
+        field = "ablation.axes"
+    elif search.algorithm == "grid":
+        sizes = [len(d.values) for _, d in search.space.items() if isinstance(d, Choice)]
+        n, field = math.prod(sizes) * seeds, "search.space"
+        parts = [" × ".join(str(k) for k in sizes) + " combinations", f"{seeds} seeds"]
+    else:
+        n, field = (search.num_trials or 0) * seeds, "search.num_trials"
+        parts = [f"{search.num_trials} configurations", f"{seeds} seeds"]
+    if n > MAX_TRIALS:
+        yield Problem(field, f"plans {n:,} trials ({' × '.join(parts)}); a sweep may plan at most {MAX_TRIALS:,}")
 
 
 @_check("search", "pretrain")
@@ -213,8 +287,8 @@ def _bundles(s: dict[str, Any]) -> Iterator[Problem]:
     size, search, res = s["resources"].bundle_size, s["search"], s["resources"]
     if size == 1:
         return
-    if isinstance(size, int) and size < 1:
-        yield Problem("resources.bundle_size", "must be >= 1 or auto", size)
+    if isinstance(size, int) and not 1 <= size <= MAX_BUNDLE_SIZE:
+        yield Problem("resources.bundle_size", f"must be >= 1 and <= {MAX_BUNDLE_SIZE} or auto", size)
         return
     if search.algorithm == "tpe" and s.get("ablation") is None:
         yield Problem("resources.bundle_size", "bundles pack trials planned up front: use search.algorithm grid "
@@ -240,7 +314,7 @@ def rep_dim_candidates(space: SpaceSpec, fixed: int) -> list[tuple[str, int]]:
     if isinstance(dist, Choice):
         return [(f"search.space.rep_dim.values[{i}]", int(v)) for i, v in enumerate(dist.values)]
     if isinstance(dist, IntUniform):
-        span = range(int(dist.low), int(dist.high) + 1)
+        span = range(int(dist.low), min(int(dist.high), MAX_WIDTH) + 1)  # a higher bound: _space says so
         return [("search.space.rep_dim", v) for v in itertools.islice(span, 4096)]
     return []
 

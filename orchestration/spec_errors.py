@@ -72,6 +72,8 @@ def _rewrite(err: Mapping[str, Any]) -> Problem:
     if kind in _BOUNDS:
         bound = next(v for k, v in ctx.items() if k in ("gt", "ge", "lt", "le"))
         return Problem(path, f"must be {_BOUNDS[kind]} {_number(bound)}", value)
+    if kind == "too_long":  # the list itself is not shown: it is long
+        return Problem(path, f"must have at most {ctx.get('max_length'):,} values (got {ctx.get('actual_length')})")
     if kind == "too_short":
         return Problem(path, "must not be empty" if ctx.get("min_length") == 1 else err["msg"], value)
     if kind == "value_error":

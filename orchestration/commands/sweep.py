@@ -96,6 +96,10 @@ def _submit_remote(spec_path: Path, storage: str | None, url: str, *, wait: bool
 
     parsed = load_spec(spec_path, base_dir=base_dir)
     uri = check_cluster_storage(storage, parsed)
+    from orchestration.identity import check_identity
+    from orchestration.storage import Storage
+
+    check_identity(parsed, Storage.from_uri(uri).child(parsed.name))  # the driver checks again; say it here
     text = spec_path.read_text(encoding="utf-8")
     typer.echo(f"sweep {parsed.name}: {parsed.search.algorithm} · storage {uri}/{parsed.name} · cluster {url}")
     if dry_run:
