@@ -39,6 +39,7 @@ import torch
 from safetensors import SafetensorError
 
 from deepsad.errors import CheckpointError, IntegrityError, StorageError
+from deepsad.jsonio import read_json_file
 
 FORMAT = "deepsad-checkpoint"
 FORMAT_VERSION = 1
@@ -348,10 +349,7 @@ def read_bundle_meta(directory: Path, *, kind: str | None = None) -> dict[str, A
     meta_path = directory / META_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"{directory}: missing {META_FILE} (not a checkpoint, or an incomplete one)")
-    try:
-        record = json.loads(meta_path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{meta_path}: not valid strict JSON: {e}") from e
+    record = read_json_file(meta_path, error=CheckpointError)  # bounded: size, depth, strict
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         got = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise CheckpointError(f"{meta_path}: not a deepsad checkpoint (format {got!r}, expected {FORMAT!r})")
@@ -373,10 +371,6 @@ def read_bundle_meta(directory: Path, *, kind: str | None = None) -> dict[str, A
     if kind is not None and record["kind"] != kind:
         raise CheckpointError(f"{meta_path}: checkpoint kind is {record['kind']!r}, expected {kind!r}")
     return record
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not allowed in strict JSON")
 
 
 def load_bundle(

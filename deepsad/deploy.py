@@ -13,7 +13,11 @@ error line) before they reach a network. Pure torch + numpy: no orchestration im
 
 from __future__ import annotations
 
+import struct
+import tokenize
 import zipfile
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,7 +27,8 @@ import torch
 from torch import nn
 
 from deepsad.data.idx import read_idx
-from deepsad.errors import CheckpointError, DataError
+from deepsad.data.tabular import is_number
+from deepsad.errors import CheckpointError, ConfigError, DataError
 from deepsad.model import DeepSADModel
 
 InputKind = Literal["image", "tabular"]
@@ -172,24 +177,96 @@ def score_array(
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
+def flag_scores(scores: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
+    """Anomaly flags ``(N,)`` bool for ``scores`` ``(N,)`` at ``threshold``, and how many scores are
+    not finite.
+
+    A score is flagged when ``score > threshold`` — or when it is NaN or ±inf: a raw input far
+    outside anything the model saw (say a feature of 1e308, which overflows float32 in the
+    preprocessing) gives a non-finite distance, and ``nan > t`` would silently call it normal.
+
+    Raises:
+        ConfigError: ``threshold`` is not a finite number.
+    """
+    if not isinstance(threshold, float | int) or isinstance(threshold, bool) or not np.isfinite(threshold):
+        raise ConfigError(f"threshold: must be a finite number (got {threshold!r})")
+    scores = np.asarray(scores)
+    nonfinite = ~np.isfinite(scores)
+    return (scores > threshold) | nonfinite, int(nonfinite.sum())
+
+
+def is_header_row(cells: Sequence[str]) -> bool:
+    """Whether the first row of a CSV file of numeric features is a header (never scored).
+
+    It is one when some non-empty cell is not a number (``px0,px1,label``), or when its cells are
+    exactly the column positions ``0, 1, ..., n-1`` — the names pandas gives the columns of an
+    unnamed frame, so ``DataFrame(x).to_csv(index=False)`` writes them as its first line. An empty
+    cell alone does not make a header (it is a missing value of a data row, refused later with its
+    row and column). A genuine first data row that reads exactly ``0,1,...,n-1`` needs a header
+    line above it.
+    """
+    stripped = [c.strip() for c in cells]
+    if any(c and not is_number(c) for c in stripped):
+        return True
+    return bool(stripped) and stripped == [str(i) for i in range(len(stripped))]
+
+
+def check_input_file(path: Path, what: str = "INPUT") -> Path:
+    """``path`` if it is a regular file; else DataError naming what it is (missing, a directory, a
+    pipe or device — which a reader could block on)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; {what} must be a file (IDX, .npz, .csv or .parquet)")
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file; {what} must be a file (IDX, .npz, .csv or .parquet)")
+    return path
+
+
+#: What a malformed or hostile ``.npz`` can raise from ``np.load`` / reading its member: zip and
+#: zlib errors, a member in an unsupported compression or encrypted, a bad ``.npy`` header, a
+#: shape too large to allocate.
+_NPZ_ERRORS = (
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+    KeyError,
+    MemoryError,
+    TypeError,
+    SyntaxError,
+    struct.error,
+    tokenize.TokenError,  # numpy parses a .npy header with tokenize: a cut-off one raises this
+)
+
+
 def read_array_file(path: Path) -> np.ndarray:
     """Raw inputs from an IDX file (``.gz`` or not; e.g. ``t10k-images-idx3-ubyte.gz``) or an
     ``.npz`` holding ``X`` (object arrays are refused: loading them would unpickle).
 
     Raises:
-        DataError: the file is missing, unreadable, of an unknown type, or has no ``X``.
+        DataError: the file is missing, not a regular file, unreadable, of an unknown type, or has
+            no ``X``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    if path.suffix.lower() == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if "X" not in z.files:
-                    raise DataError(f"{path}: expected an array X, found {sorted(z.files)}")
-                return np.asarray(z["X"])
-        except ValueError as e:
-            raise DataError(f"{path}: cannot load ({e}); object arrays are not accepted") from e
-        except (OSError, zipfile.BadZipFile, EOFError) as e:
-            raise DataError(f"{path}: not a readable .npz file ({e})") from e
-    return read_idx(path)
+    path = check_input_file(Path(path))
+    if path.suffix.lower() != ".npz":
+        return read_idx(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file under an .npz name
+            raise DataError(f"{path}: not an .npz archive (a single .npy array?); save it with np.savez(X=...)")
+        with loaded as z:
+            if "X" not in z.files:
+                raise DataError(f"{path}: expected an array X, found {sorted(z.files)[:20]}")
+            return np.asarray(z["X"])
+    except ValueError as e:
+        raise DataError(f"{path}: cannot load ({_first_line(e)}); object arrays are not accepted") from e
+    except _NPZ_ERRORS as e:
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

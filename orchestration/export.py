@@ -8,7 +8,8 @@ An export directory is self-contained::
     README.md                 how to load it and why loading it runs no pickled code
 
 The decision threshold is calibrated on the model's *validation* split, rebuilt from the data, the
-protocol recorded at pull time (``selection.json``) and the seed; the rebuilt split's fingerprint must
+protocol and the seed — recorded at pull time (``selection.json``) for a pulled model, or by
+``deepsad train`` in the model's own ``meta.json`` (``"split"``) —; the rebuilt split's fingerprint must
 equal the model's (else the data changed and the threshold would be meaningless). The threshold is
 computed from the exported artefact's own scores, so "at most ``fpr`` of the validation normals
 score above it" holds for exactly the scores a deployment computes; the artefact must also reproduce
@@ -20,9 +21,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import platform
 import shutil
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deepsad.errors import CheckpointError, ConfigError, DataError, StorageError
+from orchestration.outputs import OutputDir
 
 if TYPE_CHECKING:
     from deepsad.deploy import InputSpec
@@ -42,6 +44,8 @@ EXPORT_FILE = "export.json"
 EXPORT_FORMAT = "deepsad-export"
 ARTEFACTS: dict[str, str] = {"torchscript": "scorer.pt", "onnx": "scorer.onnx"}
 SELECTION_FILE = "selection.json"  # orchestration.registry.SELECTION_FILE
+#: What `export` writes into --out (and so all that its --force may replace).
+EXPORT_OWNS: tuple[str, ...] = (*ARTEFACTS.values(), EXPORT_FILE, "README.md", "model/**")
 PARITY_RTOL = 1e-5
 _PARITY_ATOL = 1e-7  # scores are squared distances >= 0; this only matters for scores of ~0
 
@@ -53,9 +57,19 @@ def check_format(fmt: str) -> str:
 
 
 def check_fpr(fpr: float) -> float:
-    if not 0.0 <= fpr < 1.0:
-        raise ConfigError(f"--fpr: must be in [0, 1) (got {fpr})")
+    """``fpr`` as a float if it is a finite number in [0, 1) (0: the largest validation normal score);
+    ConfigError naming ``--fpr`` otherwise."""
+    if isinstance(fpr, bool) or not isinstance(fpr, float | int) or not (math.isfinite(fpr) and 0.0 <= fpr < 1.0):
+        raise ConfigError(f"--fpr: must be a number in [0, 1) (got {fpr!r})")
     return float(fpr)
+
+
+def check_threshold(threshold: float) -> float:
+    """``threshold`` as a float if it is finite; ConfigError naming ``--threshold`` otherwise (with
+    ``nan`` nothing would ever be flagged, with ``inf`` nothing finite)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, float | int) or not math.isfinite(threshold):
+        raise ConfigError(f"--threshold: must be a finite number (got {threshold!r})")
+    return float(threshold)
 
 
 # ------------------------------------------------------------------------------------- model dirs
@@ -78,18 +92,50 @@ def model_bundle_dir(directory: Path) -> Path:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A strict-JSON object file. Raises CheckpointError if unreadable or not an object."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path}: not readable strict JSON ({e})") from e
+    """A strict-JSON object file, bounded in size and depth (:mod:`deepsad.jsonio`).
+
+    Raises CheckpointError (one line) if unreadable, too large, too deep, not strict JSON or not an
+    object.
+    """
+    from deepsad.jsonio import read_json_file
+
+    value = read_json_file(path, error=CheckpointError)
     if not isinstance(value, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return value
 
 
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not allowed")
+#: Where a ``deepsad train`` model records how to rebuild its split (see :func:`calibration_source`).
+TRAIN_SPLIT_KEY = "split"
+
+
+def calibration_source(directory: Path, model: DeepSADModel) -> dict[str, Any]:
+    """What threshold calibration needs to rebuild the validation split, as a ``selection.json``-like
+    dict with at least ``"split"`` (``dataset``, ``data_dir``, ``protocol`` with the seed, ``from``).
+
+    A pulled model has ``selection.json`` in ``directory``; a ``deepsad train --out`` directory (or
+    its ``model/``) has the split in the model's ``meta.json``.
+
+    Raises:
+        CheckpointError: neither is there, or ``selection.json`` is malformed.
+    """
+    path = Path(directory) / SELECTION_FILE
+    if path.is_file():
+        return read_json(path)
+    split = model.meta.get(TRAIN_SPLIT_KEY)
+    if isinstance(split, dict):
+        protocol = split.get("protocol")
+        return {
+            "source": "deepsad train",
+            "seed": protocol.get("seed") if isinstance(protocol, dict) else None,
+            "metrics": model.meta.get("metrics"),
+            "split": split,
+        }
+    raise CheckpointError(
+        f"{directory}: no {SELECTION_FILE} and no recorded split; the threshold is calibrated on the "
+        "validation split, whose protocol a pulled model (`deepsad checkpoint pull`) or a model from "
+        "`deepsad train` records"
+    )
 
 
 @dataclass(frozen=True)
@@ -121,9 +167,11 @@ def rebuild_validation(
             p[name] = None if p.get(name) is None else tuple(p[name])
         protocol = Protocol(**p)
         dataset = str(split["dataset"])
-    except (KeyError, TypeError, ValueError, ConfigError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as e:
         raise CheckpointError(f"{SELECTION_FILE}: no usable split description ({e})") from e
     where = data_dir if data_dir is not None else split.get("data_dir")
+    if where is not None and not isinstance(where, str):
+        raise CheckpointError(f"{SELECTION_FILE}: split.data_dir must be a string (got {where!r})")
     try:
         data = load_dataset(dataset, where)
     except (ConfigError, DataError) as e:
@@ -134,7 +182,7 @@ def rebuild_validation(
         raise DataError(
             f"{dataset}: the rebuilt split has fingerprint {rebuilt.fingerprint[:16]} but the model was "
             f"trained on {str(expected)[:16]}: the data changed (or the protocol recorded "
-            f"from the {split.get('from', '?')} is not the trial's); refusing to calibrate on it"
+            f"from the {split.get('from', '?')} is not the model's); refusing to calibrate on it"
         )
     val = rebuilt.val
     raw = data.x_train[val.indices]  # the validation part is always carved from the training pool
@@ -196,14 +244,16 @@ def export_model(
     data_dir: str | None = None,
     force: bool = False,
 ) -> ExportResult:
-    """Export the pulled model in ``model_dir`` as a self-contained bundle (see the module docstring).
+    """Export the model in ``model_dir`` — pulled (``deepsad checkpoint pull``) or trained
+    (``deepsad train --out``) — as a self-contained bundle (see the module docstring).
 
     ``out`` defaults to ``<model_dir>-<fmt>`` beside it.
 
     Raises:
-        ConfigError: bad format or fpr. CheckpointError: no model / no ``selection.json``, or the export
-        does not reproduce the model's scores. DataError: the data changed. StorageError: ``out``
-        exists and is not empty without ``force``, or cannot be written.
+        ConfigError: bad format or fpr. CheckpointError: no model / nothing that records its split
+        (:func:`calibration_source`), or the export does not reproduce the model's scores. DataError: the data changed. StorageError: ``out``
+        may not be written (:mod:`orchestration.outputs`: not empty without ``force``, or holding files
+        an export did not write), or a write failed.
     """
     from deepsad.deploy import InputSpec
     from deepsad.model import DeepSADModel
@@ -217,39 +267,27 @@ def export_model(
     )
     if out.resolve() == model_dir.resolve() or bundle.resolve().is_relative_to(out.resolve()):
         raise StorageError(f"--out {out}: must not contain the model directory {model_dir}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise StorageError(f"--out {out}: exists and is not empty (use --force to replace it)")
+    output = OutputDir(out, command="export", flag="--out", owns=EXPORT_OWNS, force=force, what="the export")
+    output.check()
     model = DeepSADModel.load(bundle)
-    selection_path = model_dir / SELECTION_FILE
-    if not selection_path.is_file():
-        raise CheckpointError(
-            f"{model_dir}: no {SELECTION_FILE}; the threshold is calibrated on the validation split, whose "
-            "protocol it records; pull the model with `deepsad checkpoint pull`"
-        )
-    selection = read_json(selection_path)
+    selection = calibration_source(model_dir, model)
     val = rebuild_validation(model, selection, data_dir)
     spec = InputSpec.of_model(model)
-    from deepsad.checkpoint import swap_into_place  # the bundle format's atomic directory replace
-
-    tmp = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:12]}"
-    try:
-        tmp.mkdir(parents=True)
-        artefact = tmp / ARTEFACTS[fmt]
-        raw = spec.conform(val.x, "validation split")
-        reference = model.score_raw(raw)
-        writer = _write_torchscript if fmt == "torchscript" else _write_onnx
-        scores = writer(model, artefact, raw, lambda s: calibrate(s, val.labels, fpr).threshold)
-        max_rel = _check_parity(scores, reference, fmt)
-        cal = calibrate(scores, val.labels, fpr)
-        shutil.copytree(bundle, tmp / "model", ignore=shutil.ignore_patterns(SELECTION_FILE, "*.pt", "*.pkl"))
-        meta = _metadata(model, selection, spec, cal, fmt, artefact, max_rel, int(raw.shape[0]))
-        (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(_readme(meta), encoding="utf-8")
-        swap_into_place(tmp, out)
-    except OSError as e:
-        raise StorageError(f"--out {out}: cannot write the export ({e.strerror or e})") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with output.staging() as tmp:
+        try:
+            artefact = tmp / ARTEFACTS[fmt]
+            raw = spec.conform(val.x, "validation split")
+            reference = model.score_raw(raw)
+            writer = _write_torchscript if fmt == "torchscript" else _write_onnx
+            scores = writer(model, artefact, raw, lambda s: calibrate(s, val.labels, fpr).threshold)
+            max_rel = _check_parity(scores, reference, fmt)
+            cal = calibrate(scores, val.labels, fpr)
+            meta = _metadata(model, selection, spec, cal, fmt, artefact, max_rel, int(raw.shape[0]))
+            shutil.copytree(bundle, tmp / "model", ignore=shutil.ignore_patterns(SELECTION_FILE, "*.pt", "*.pkl"))
+            (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+            (tmp / "README.md").write_text(_readme(meta), encoding="utf-8")
+        except OSError as e:
+            raise StorageError(f"--out {out}: cannot write the export ({e.strerror or e})") from e
     return ExportResult(out, meta)
 
 
@@ -389,6 +427,7 @@ def _metadata(
         "flag": "score > threshold",
         "calibration": cal.to_dict(),
         "parity": {"max_relative_error": max_rel, "n": n_parity, "reference": "DeepSADModel.score_raw"},
+        "source": selection.get("source", "deepsad checkpoint pull"),
         "sweep": selection.get("sweep", m.get("sweep")),
         "trial_key": selection.get("trial_key", m.get("trial_key")),
         "seed": selection.get("seed"),
@@ -411,9 +450,14 @@ def _readme(meta: dict[str, Any]) -> str:
         if meta["export_format"] == "torchscript"
         else "import onnxruntime as ort\ns = ort.InferenceSession('scorer.onnx')\nscores = s.run(None, {'x': x})[0]  # x: "
     )
+    origin = (
+        f"Trial `{meta['trial_key']}` of sweep `{meta['sweep']}`"
+        if meta.get("sweep") is not None
+        else f"A model from `{meta.get('source')}`"
+    )
     return f"""# Deep SAD scorer ({meta["export_format"]})
 
-Trial `{meta["trial_key"]}` of sweep `{meta["sweep"]}` ({meta["dataset"]}). Input `x`: {spec["dtype"]}
+{origin} ({meta["dataset"]}). Input `x`: {spec["dtype"]}
 array of shape (N, {shape}) — **raw** values ({"pixels 0..255" if spec["kind"] == "image" else "features as in the training data"});
 the preprocessing is inside. Output `score`: (N,) float32; flag an anomaly when
 `score > {meta["threshold"]!r}` (calibrated at FPR {meta["fpr"]} on the validation split).
@@ -511,8 +555,8 @@ def _load_export(directory: Path, device: str) -> LoadedScorer:
         raise CheckpointError(f"{artefact}: sha256 mismatch: expected {meta.get('sha256')}, actual {digest}")
     spec = InputSpec.from_dict(meta.get("input"))
     threshold, fpr = meta.get("threshold"), meta.get("fpr")
-    if not isinstance(threshold, float | int) or isinstance(threshold, bool):
-        raise CheckpointError(f"{where}: threshold must be a number (got {threshold!r})")
+    if not isinstance(threshold, float | int) or isinstance(threshold, bool) or not math.isfinite(threshold):
+        raise CheckpointError(f"{where}: threshold must be a finite number (got {threshold!r})")
     if fmt == "torchscript":
         import torch
 
@@ -552,17 +596,14 @@ def _onnx_session(artefact: Path, device: str) -> Any:
 
 
 def calibrate_model_dir(scorer: LoadedScorer, fpr: float, data_dir: str | None = None) -> Calibration:
-    """A threshold for a pulled model dir, computed now on its rebuilt validation split.
+    """A threshold for a model dir (pulled, or from ``deepsad train``), computed now on its rebuilt
+    validation split.
 
-    Raises as :func:`rebuild_validation`; CheckpointError if the dir has no ``selection.json``.
+    Raises as :func:`rebuild_validation` and :func:`calibration_source` (nothing records the split:
+    pass --threshold, or score with an export).
     """
     assert scorer.model is not None
-    path = scorer.directory / SELECTION_FILE
-    if not path.is_file():
-        raise CheckpointError(
-            f"{scorer.directory}: no {SELECTION_FILE} to calibrate a threshold with; pass --threshold, "
-            "or score with an export (`deepsad export`)"
-        )
-    val = rebuild_validation(scorer.model, read_json(path), data_dir)
+    check_fpr(fpr)
+    val = rebuild_validation(scorer.model, calibration_source(scorer.directory, scorer.model), data_dir)
     x = scorer.input.conform(val.x, "validation split")
     return calibrate(scorer.score(x), val.labels, check_fpr(fpr))

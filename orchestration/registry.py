@@ -8,8 +8,9 @@ median for an even count), ``best`` or ``mean-closest``.
 
 :func:`pull` downloads that checkpoint into a local directory safely: into a temporary sibling first,
 where every file is checked (regular files only, no key leaving the directory — on top of the
-checks of :meth:`Storage.download_dir`) and the bundle is verified (sha256, kind), then moved into
-place; existing files are replaced only with ``force``. ``selection.json`` records why this model.
+checks of :meth:`Storage.download_dir`) and the bundle is verified (sha256, kind), then swapped into
+place (:mod:`orchestration.outputs`: an existing ``--to`` is replaced only with ``force``, and only if it
+holds nothing but a pull's own files). ``selection.json`` records why this model.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import statistics
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,12 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from deepsad.errors import CheckpointError, ConfigError, DeepSADError, StorageError
+from orchestration.outputs import OutputDir, output_path
 from orchestration.results import ResultStore, check_trial_key
 from orchestration.storage import Storage, safe_key
 
 VALIDATION_METRICS: tuple[str, ...] = ("val_auroc", "val_ap")
 POLICIES: tuple[str, ...] = ("median", "best", "mean-closest")
 SELECTION_FILE = "selection.json"
+#: What `checkpoint pull` writes into --to (and so what its --force may replace): the bundle and why.
+PULL_OWNS: tuple[str, ...] = ("meta.json", "tensors.safetensors", SELECTION_FILE)
 SELECTION_FORMAT = "deepsad-selection"
 
 #: The result-store columns that, with ``params_json``, make a configuration (everything but the seed).
@@ -147,12 +149,26 @@ def rank_configurations(
             seeds[seed] = SeedResult(seed, str(row["trial_key"]), float(value))
     ranked = []
     for ident, (config, seeds) in groups.items():
-        params = json.loads(config["params_json"]) if config.get("params_json") else {}
+        params = _params(config.get("params_json"), f"trial {next(iter(seeds.values())).trial_key}")
         ranked.append((ident, ConfigResult(config, params, tuple(seeds[s] for s in sorted(seeds)))))
     need = min_seeds if min_seeds is not None else max((c.n for _, c in ranked), default=1)
     ranked = [(i, c) for i, c in ranked if c.n >= need]
     ranked.sort(key=lambda ic: (-ic[1].mean, -ic[1].n, ic[1].std or 0.0, ic[0]))
     return [c for _, c in ranked]
+
+
+def _params(text: Any, where: str) -> dict[str, Any]:
+    """A row's ``params_json`` (storage-provided): bounded, strict JSON object; StorageError if not."""
+    from deepsad.jsonio import load_json_bounded
+
+    if not text:
+        return {}
+    if not isinstance(text, str):
+        raise StorageError(f"{where}: params_json must be a string (got {type(text).__name__})")
+    value = load_json_bounded(text, f"{where}: params_json", error=StorageError)
+    if not isinstance(value, dict):
+        raise StorageError(f"{where}: params_json must be a JSON object")
+    return value
 
 
 def format_ranking(
@@ -198,7 +214,7 @@ def sweep_dir(name: str, storage: str | None) -> Storage:
 
 def pull(
     sweep: Storage,
-    dest: Path,
+    dest: Path | str,
     *,
     metric: str = "val_auroc",
     policy: str = "median",
@@ -219,8 +235,12 @@ def pull(
     check_metric(metric)
     if policy not in POLICIES:
         raise ConfigError(f"--policy: must be one of {', '.join(POLICIES)} (got {policy!r})")
-    dest = Path(dest).expanduser()
-    _check_destination(dest, force)
+    output = OutputDir(
+        output_path(dest, "--to"), command="checkpoint pull", flag="--to", owns=PULL_OWNS, force=force,
+        what="the model",
+    )
+    output.check()
+    dest = output.path
     rows = ResultStore(sweep).trials().to_pylist()
     if not rows:
         raise StorageError(f"sweep {sweep.uri}: no trial results (is the name or --storage right?)")
@@ -239,28 +259,22 @@ def pull(
     source = sweep.child("checkpoints", key)
     if not source.exists("meta.json"):
         raise CheckpointError(f"trial {key}: no model checkpoint at {source.uri}")
-    tmp = dest.parent / f".{dest.name}.pull-{uuid.uuid4().hex[:12]}"
-    try:
+    with output.staging() as tmp:
         _download_verified(source, tmp, row)
-        model_meta = json.loads((tmp / "meta.json").read_text(encoding="utf-8"))["meta"]
+        from deepsad.checkpoint import read_bundle_meta
+
+        model_meta = read_bundle_meta(tmp)["meta"]  # verified above; bounded strict JSON
         selection = _selection(
             sweep, row, chosen, picked, metric, policy, min_seeds, ranked[:top], model_meta
         )
-        (tmp / SELECTION_FILE).write_text(
-            json.dumps(selection, indent=1, allow_nan=False) + "\n", encoding="utf-8"
-        )
-        _move_into(tmp, dest, force)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            (tmp / SELECTION_FILE).write_text(
+                json.dumps(selection, indent=1, allow_nan=False) + "\n", encoding="utf-8"
+            )
+        except OSError as e:
+            raise StorageError(f"--to {dest}: cannot write ({e.strerror or e})") from e
     n_unranked = len(rank_configurations(rows, metric, min_seeds=1)) - len(ranked)
     return PullResult(ranked, chosen, picked, dest, selection, n_unranked)
-
-
-def _check_destination(dest: Path, force: bool) -> None:
-    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-        raise StorageError(f"--to {dest}: exists and is not a directory")
-    if dest.is_dir() and any(dest.iterdir()) and not force:
-        raise StorageError(f"--to {dest}: not empty; refusing to overwrite its files (use --force)")
 
 
 def _download_verified(source: Storage, tmp: Path, row: Mapping[str, Any]) -> None:
@@ -295,35 +309,6 @@ def _refuse_local_links(source: Storage) -> None:
             if (Path(dirpath) / name).is_symlink():
                 rel = (Path(dirpath) / name).relative_to(root).as_posix()
                 raise StorageError(f"checkpoint {source.uri}: {rel} is a symbolic link; refusing it")
-
-
-def _move_into(tmp: Path, dest: Path, force: bool) -> None:
-    """Move the verified files from ``tmp`` into ``dest`` (a file there is replaced only with ``force``)."""
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise StorageError(f"--to {dest}: cannot create ({e.strerror or e})") from e
-    root = dest.resolve()
-    files = sorted(p for p in tmp.rglob("*") if p.is_file())
-    plan = []
-    for src in files:
-        rel = src.relative_to(tmp)
-        target = root / rel
-        if not target.parent.resolve().is_relative_to(root) or target.is_symlink():
-            raise StorageError(f"--to {dest}: {rel.as_posix()} would be written outside it; refusing")
-        if target.exists() and not force:
-            raise StorageError(f"--to {dest}: {rel.as_posix()} exists; refusing to overwrite (use --force)")
-        if target.is_dir():
-            raise StorageError(f"--to {dest}: {rel.as_posix()} is a directory; remove it first")
-        plan.append((src, target))
-    # meta.json last: a reader never sees the new meta.json beside the old tensors
-    plan.sort(key=lambda st: st[1].name == "meta.json")
-    try:
-        for src, target in plan:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, target)
-    except OSError as e:
-        raise StorageError(f"--to {dest}: cannot write ({e.strerror or e})") from e
 
 
 # --------------------------------------------------------------------------------------- selection.json
@@ -405,13 +390,20 @@ def _split_from_spec(
 ) -> dict[str, Any]:
     from dataclasses import asdict
 
+    from deepsad.jsonio import load_json_bounded
     from orchestration.plan import build_trial
     from orchestration.spec import parse_spec
 
     text = sweep.read_bytes("spec.yaml").decode("utf-8")
-    submission = json.loads(sweep.read_bytes("submission.json")) if sweep.exists("submission.json") else {}
+    submission = (
+        load_json_bounded(sweep.read_bytes("submission.json"), "submission.json", error=StorageError)
+        if sweep.exists("submission.json")
+        else {}
+    )
+    if not isinstance(submission, dict):
+        raise StorageError("submission.json: expected a JSON object")
     spec = parse_spec(text, str(submission.get("source", "spec.yaml")), base_dir=submission.get("base_dir"))
-    params = json.loads(row.get("params_json") or "{}")
+    params = _params(row.get("params_json"), f"trial {row.get('trial_key')}")
     shape = tuple(int(v) for v in model_meta["net"]["input_shape"])
     trial = build_trial(spec, params, seed, sample_shape=shape)
     if trial.key != row.get("trial_key"):

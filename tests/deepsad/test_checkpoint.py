@@ -469,3 +469,20 @@ def test_pcg64_big_ints_are_strings_in_json() -> None:
     encoded["bit_generator"] = "os.system"
     with pytest.raises(CheckpointError, match=r"unknown bit generator 'os\.system'"):
         numpy_generator_from_json(encoded)
+
+
+def test_hostile_meta_json_is_one_checkpoint_error(tmp_path: Path) -> None:
+    """Issue 12, item 4: a deeply nested meta.json was a RecursionError traceback (in export and score)."""
+    ck = tmp_path / "ck"
+    save_bundle(ck, {"a": torch.zeros(1)}, {"note": "x"}, kind="model")
+    record = json.loads((ck / META_FILE).read_text())
+    deep = json.dumps(record)[:-1] + ', "extra": ' + "[" * 50_000 + "]" * 50_000 + "}"
+    for text, match in (
+        (deep, "nested deeper than 64 levels"),
+        (json.dumps(record)[:-1] + ', "format": "x"}', "duplicate key 'format'"),
+        (json.dumps({**record, "tensors_bytes": 0})[:-1] + ', "n": 1e999}', "out of range"),
+    ):
+        (ck / META_FILE).write_text(text)
+        with pytest.raises(CheckpointError, match=match) as e:
+            load_bundle(ck)
+        assert "\n" not in str(e.value) and str(ck / META_FILE) in str(e.value)

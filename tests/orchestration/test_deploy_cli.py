@@ -120,7 +120,8 @@ def test_score_image_inputs_and_outputs(
             np.testing.assert_array_equal(flags, got > _threshold(model))
         for name in ("scores.parquet", "scores.csv"):
             rc, _, err = run(
-                ["score", "--model", str(model), str(gz_idx), "--out", str(tmp_path / name)], capsys
+                # the second format's pass replaces the first one's table: --force (issue 12, item 3)
+                ["score", "--model", str(model), str(gz_idx), "--out", str(tmp_path / name), "--force"], capsys
             )
             assert rc == 0, err
             table = (

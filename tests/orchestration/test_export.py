@@ -199,8 +199,14 @@ def test_export_never_overwrites_without_force(digits_dir: Path, tmp_path: Path)
     with pytest.raises(StorageError, match="--force"):
         export_model(digits_dir, out, fmt="torchscript")
     assert (out / "keep.txt").read_text() == "mine"
-    export_model(digits_dir, out, fmt="torchscript", force=True)
-    assert not (out / "keep.txt").exists() and (out / "scorer.pt").is_file()
+    # --force replaces only an export's own files: a user's file makes it refuse, and stays (issue 12, item 3)
+    with pytest.raises(StorageError, match=r"keep\.txt.*did not write"):
+        export_model(digits_dir, out, fmt="torchscript", force=True)
+    assert (out / "keep.txt").read_text() == "mine" and not (out / "scorer.pt").exists()
+    (out / "keep.txt").unlink()
+    export_model(digits_dir, out, fmt="torchscript")
+    export_model(digits_dir, out, fmt="onnx", force=True)  # an earlier export is replaced whole
+    assert (out / "scorer.onnx").is_file() and not (out / "scorer.pt").exists()
     with pytest.raises(StorageError, match="must not contain"):
         export_model(digits_dir, digits_dir.parent, fmt="onnx", force=True)
 
@@ -266,3 +272,84 @@ def test_tampered_export_json_is_refused(digits_dir: Path, tmp_path: Path) -> No
         (out / EXPORT_FILE).write_text(json.dumps({**original, **change}))
         with pytest.raises(CheckpointError, match=match):
             load_scorer(out)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_parity_check_refuses_a_scorer_that_does_not_match_the_model(
+    fmt: str, digits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12: no test showed the parity check can fail. Here the module that gets scripted/traced
+    has its centre c moved by 0.1 % — the artefact then scores differently from the model it claims to
+    be — and export refuses it and leaves nothing behind."""
+    import deepsad.deploy
+
+    real = deepsad.deploy.build_scorer
+
+    def drifted(model: DeepSADModel, device: Any = "cpu") -> Any:
+        scorer = real(model, device)
+        with torch.no_grad():
+            scorer.c.mul_(1.001)
+        return scorer
+
+    monkeypatch.setattr(deepsad.deploy, "build_scorer", drifted)
+    out = tmp_path / "export"
+    with pytest.raises(CheckpointError, match=rf"{fmt} export does not reproduce the model's scores"):
+        export_model(digits_dir, out, fmt=fmt)
+    assert not out.exists() and os.listdir(tmp_path) == []
+    monkeypatch.setattr(deepsad.deploy, "build_scorer", real)
+    export_model(digits_dir, out, fmt=fmt)  # the same export with the true module passes
+
+
+def test_parity_tolerance_boundary() -> None:
+    from orchestration.export import PARITY_RTOL, _check_parity
+
+    reference = np.array([1.0, 2.0, 0.5], dtype=np.float32)
+    assert _check_parity(reference * (1 + PARITY_RTOL / 4), reference, "onnx") < PARITY_RTOL
+    with pytest.raises(CheckpointError, match="max relative error"):
+        _check_parity(reference * (1 + 4 * PARITY_RTOL), reference, "onnx")
+    with pytest.raises(CheckpointError):
+        _check_parity(np.array([np.nan, 2.0, 0.5], dtype=np.float32), reference, "onnx")
+
+
+def test_export_of_a_train_out_directory_calibrates_on_its_recorded_split(
+    digits_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 12, item 10: `deepsad train --out DIR` records the split in the model's meta; export (of
+    DIR or DIR/model) rebuilds the validation part from it, checks the fingerprint, calibrates."""
+    from orchestration.export import calibration_source
+
+    run = tmp_path / "run"
+    model = DeepSADModel.load(digits_dir)
+    selection = json.loads((digits_dir / "selection.json").read_text())
+    model.meta["split"] = {**selection["split"], "from": "deepsad train run"}
+    for key in ("sweep", "trial_key"):  # what `checkpoint pull` adds; a train run has neither
+        model.meta.pop(key)
+    model.save(run / "model")
+    source = calibration_source(run, DeepSADModel.load(run / "model"))
+    assert source["split"]["protocol"]["seed"] == DIGITS_PROTOCOL.seed and source["source"] == "deepsad train"
+    pulled = export_model(digits_dir, tmp_path / "pulled-export", fmt="torchscript").metadata
+    for src in (run, run / "model"):
+        meta = export_model(src, tmp_path / f"e-{src.name}", fmt="torchscript").metadata
+        assert meta["threshold"] == pulled["threshold"] and meta["source"] == "deepsad train"
+        assert meta["calibration"] == pulled["calibration"]
+    assert "A model from `deepsad train`" in (tmp_path / "e-run" / "README.md").read_text()
+    # a recorded split that does not build the model's split is refused, as for a pulled model
+    model.meta["split"]["protocol"]["seed"] = 7
+    model.save(tmp_path / "other" / "model")
+    with pytest.raises(DataError, match="fingerprint"):
+        export_model(tmp_path / "other", tmp_path / "e-other", fmt="torchscript")
+
+
+def test_hostile_export_json_is_one_error(digits_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    export_model(digits_dir, out, fmt="onnx")
+    original = (out / EXPORT_FILE).read_text()
+    for text, match in (
+        ('{"a": ' * 10_000 + "1" + "}" * 10_000, "nested deeper than"),  # was a RecursionError
+        (original.rstrip()[:-1] + ', "threshold": 1e999}', "out of range"),  # inf via an overflowing literal
+        (original.rstrip()[:-1] + ', "threshold": 0.5}', "duplicate key 'threshold'"),
+    ):
+        (out / EXPORT_FILE).write_text(text)
+        with pytest.raises(CheckpointError, match=match) as e:
+            load_scorer(out)
+        assert "\n" not in str(e.value)

@@ -294,3 +294,19 @@ def test_pull_errors(tmp_path: Path) -> None:
         pull(sweep, tmp_path / "p")
     with pytest.raises(ConfigError, match="test metrics"):
         pull(sweep, tmp_path / "p", metric="test_auroc")
+
+
+def test_hostile_json_from_storage_is_one_error(tmp_path: Path) -> None:
+    """Issue 12, item 4: JSON that storage provides is bounded — a deeply nested params_json in a row
+    was a RecursionError; a hostile submission.json only loses the spec as the split's source."""
+    deep = '{"eta": ' * 5_000 + "1" + "}" * 5_000
+    with pytest.raises(StorageError, match=r"trial a0: params_json: JSON nested deeper than") as e:
+        rank_configurations([row("a0", 0, 0.8, params_json=deep)], "val_auroc")
+    assert "\n" not in str(e.value)
+    with pytest.raises(StorageError, match="duplicate key 'eta'"):
+        rank_configurations([row("a0", 0, 0.8, params_json='{"eta": 1, "eta": 2}')], "val_auroc")
+    sweep = make_store(tmp_path, STEADY)
+    sweep.write_bytes(b"name: unit\n", "spec.yaml")
+    sweep.write_bytes(("[" * 100_000 + "]" * 100_000).encode(), "submission.json")
+    result = pull(sweep, tmp_path / "p")
+    assert result.selection["split"]["from"] == "row"
