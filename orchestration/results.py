@@ -16,6 +16,12 @@ table with any Parquet reader and no type drift::
 
 Temp files of in-flight writes start with ``.`` and do not end in ``.parquet``, so none of those
 readers ever sees them.
+
+One bad file never blocks the others: a row file that cannot be read (zero bytes, torn, not Parquet)
+is skipped by :meth:`ResultStore.trials` and friends with one warning line on stderr naming it, and
+its trial counts as ``corrupt`` (:meth:`ResultStore.read_trials`, ``sweep status``) — resume and
+resubmit run it again, and its new row replaces the file. A file that is not named like a row is
+left alone with a warning. Nothing is ever deleted by a reader.
 """
 
 from __future__ import annotations
@@ -25,8 +31,11 @@ import functools
 import os
 import re
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -42,6 +51,8 @@ from orchestration.storage import Storage
 
 SCHEMA_VERSION = "1"
 TRIAL_STATUSES = ("finished", "failed", "stopped", "running")
+#: What status and summaries call a trial whose row file exists but cannot be read (never stored).
+CORRUPT = "corrupt"
 EPOCH_PHASES = ("ae", "sad")
 #: Reads of the result tables: attempts, and the first pause between them (doubling), see ResultStore._read.
 READ_ATTEMPTS = 5
@@ -294,57 +305,93 @@ class ResultStore:
         except (OSError, pa.ArrowException) as e:
             raise StorageError(f"storage {where.uri}: cannot open result table ({e})") from e
 
-    def _read(self, where: Storage, schema: pa.Schema, **scan: Any) -> pa.Table:
-        """Discover and read; again (up to :data:`READ_ATTEMPTS` times) when a read fails.
+    def _read(self, where: Storage, schema: pa.Schema, **scan: Any) -> TableRead:
+        """Discover and read the table; skip (and report) the files that are not readable rows.
 
-        Discovery records every file's size and S3 reads trust it, so a row replaced between the
-        listing and the read (a running sweep rewrites a trial's row as it finishes) reads a wrong
-        byte range — "Parquet magic bytes not found". A fresh discovery sees the new object; a file
-        that is really broken fails every attempt and is reported.
+        The fast path reads every file at once. When that fails, each file is read on its own, whole
+        (up to :data:`READ_ATTEMPTS` times): discovery records every file's size and S3 reads trust it,
+        so a row replaced between the listing and the read (a running sweep rewrites a trial's row as it
+        finishes) fails the fast path — "Parquet magic bytes not found" — and reads fine on its own. A
+        file that fails every attempt is corrupt: it is skipped with one warning on stderr (once per
+        process) and named in :attr:`TableRead.corrupt`; nothing is deleted (the trial's next row
+        replaces it). Files that are not named like a row (``<trial key>.parquet``) are left alone and
+        warned about (:attr:`TableRead.strays`).
         """
-        for attempt in range(READ_ATTEMPTS):
-            ds = self._dataset(where, schema)
-            if ds is None:
-                columns = scan.get("columns")
-                return (pa.schema([schema.field(c) for c in columns]) if columns else schema).empty_table()
-            try:
-                table = ds.to_table(**scan)
-                break
-            except (OSError, pa.ArrowException) as e:
-                if attempt == READ_ATTEMPTS - 1:
-                    raise StorageError(f"storage {where.uri}: cannot read result table ({e})") from e
-                time.sleep(READ_RETRY_S * 2**attempt)
+        columns = scan.get("columns")
+        empty = (pa.schema([schema.field(c) for c in columns]) if columns else schema).empty_table()
+        ds = self._dataset(where, schema)
+        if ds is None:
+            return TableRead(empty, (), ())
+        rows, strays = _split_files(where, ds.files)
+        for bad in strays:
+            _warn_once(bad, f"warning: {bad.uri}: not a row of this table (only <trial key>.parquet files are); "
+                            "ignored, left in place")
+        if not rows:
+            return TableRead(empty, (), tuple(strays))
+        fragments = [f for f in ds.get_fragments() if _name_in(where, f.path) in {r.name for r in rows}]
+        try:
+            chosen = pads.FileSystemDataset(fragments, schema, ds.format, ds.filesystem) if strays else ds
+            table = chosen.to_table(**scan)
+            corrupt: tuple[UnreadableFile, ...] = ()
+        except (OSError, pa.ArrowException):
+            table, corrupt = _read_each(where, schema, rows, scan)
+            what = "trial row" if schema is TRIAL_SCHEMA else "epoch history"
+            for bad in corrupt:
+                then = (f"; trial {bad.key} counts as corrupt until it runs again (`deepsad sweep resume`)"
+                        if schema is TRIAL_SCHEMA else "")
+                _warn_once(bad, f"warning: {bad.uri}: not a readable {what} ({bad.reason}); skipped, left in "
+                                f"place{then}")
         # Stable sort: epochs keep their written order within a trial.
-        return table.sort_by("trial_key") if "trial_key" in table.column_names else table
+        if "trial_key" in table.column_names:
+            table = table.sort_by("trial_key")
+        return TableRead(table, corrupt, tuple(strays))
+
+    def read_trials(self) -> TableRead:
+        """All trial rows (sorted by trial_key) and the files that are not readable rows."""
+        return self._read(self._trials, TRIAL_SCHEMA)
 
     def trials(self) -> pa.Table:
-        """All trial rows (sorted by trial_key), typed by :data:`TRIAL_SCHEMA`; empty if none."""
-        return self._read(self._trials, TRIAL_SCHEMA)
+        """All readable trial rows (sorted by trial_key), typed by :data:`TRIAL_SCHEMA`; empty if none.
+        Unreadable files are skipped with a warning (see :meth:`read_trials`)."""
+        return self.read_trials().table
+
+    def corrupt_keys(self) -> set[str]:
+        """Keys of the trials whose row file exists but cannot be read (they run again on resume)."""
+        return {bad.key for bad in self.read_trials().corrupt if bad.key is not None}
 
     def epochs(self) -> pa.Table:
         """All epoch rows of all trials (grouped by trial_key), typed by :data:`EPOCH_SCHEMA`."""
-        return self._read(self._epochs, EPOCH_SCHEMA)
+        return self._read(self._epochs, EPOCH_SCHEMA).table
 
     def row(self, trial_key: str) -> dict[str, Any] | None:
-        """The row of ``trial_key`` as a dict (timestamps as aware datetimes), or None if never written."""
+        """The row of ``trial_key`` as a dict (timestamps as aware datetimes), or None if never written
+        — or if its file cannot be read (a warning says so; the trial's next row replaces the file)."""
         key = check_trial_key(trial_key)
         name = f"{key}.parquet"
         if not self._trials.exists(name):
             return None
-        data = self._trials.read_bytes(name)
         try:
-            rows = pq.read_table(pa.BufferReader(data), schema=TRIAL_SCHEMA).to_pylist()
-        except (OSError, pa.ArrowException) as e:
-            raise StorageError(f"storage {self._trials.uri}/{name}: not a readable trial row ({e})") from e
-        if len(rows) != 1:
-            raise StorageError(f"storage {self._trials.uri}/{name}: expected 1 row, found {len(rows)}")
+            data = self._trials.read_bytes(name)
+        except StorageError:
+            if not self._trials.exists(name):
+                return None  # removed between our look and the read
+            raise
+        try:
+            rows = _parse_row_file(data, TRIAL_SCHEMA).to_pylist()
+            if len(rows) != 1:
+                raise ValueError(f"expected 1 row, found {len(rows)}")
+        except (OSError, pa.ArrowException, ValueError) as e:
+            bad = UnreadableFile(f"{self._trials.uri}/{name}", name, key, _why(e))
+            _warn_once(bad, f"warning: {bad.uri}: not a readable trial row ({bad.reason}); treated as absent, left "
+                            "in place")
+            return None
         return rows[0]
 
     def finished_keys(self) -> set[str]:
         """Keys of the trials whose status is ``"finished"`` (those a resubmit skips)."""
         table = self._read(
             self._trials, TRIAL_SCHEMA, columns=["trial_key"], filter=pc.field("status") == "finished"
-        )
+        ).table
         return set(table.column("trial_key").to_pylist())
 
     def summary(self) -> dict[str, Any]:
@@ -353,12 +400,17 @@ class ResultStore:
         Returns ``{"trials": n, "by_status": {status: n, ...}, "cache_hits": n, "ae_seconds": s,
         "ae_seconds_saved": s, "total_seconds": s}``; ``ae_seconds_saved`` (the training time of the cached
         autoencoders that trials reused) is the compute the AE cache saved. Null values count as 0.
+        Trials whose row file cannot be read count in ``trials`` and as ``by_status["corrupt"]`` (a key
+        present only when there are some).
         """
         cols = ["status", "cache_hit", "ae_seconds", "ae_seconds_saved", "total_seconds"]
-        t = self._read(self._trials, TRIAL_SCHEMA, columns=cols)
+        read = self._read(self._trials, TRIAL_SCHEMA, columns=cols)
+        t = read.table
         by_status = dict.fromkeys(TRIAL_STATUSES, 0)
         for status, n in zip(*_value_counts(t.column("status")), strict=True):
             by_status[status] = n
+        if read.corrupt:
+            by_status[CORRUPT] = len(read.corrupt)
 
         def total(name: str) -> float:
             s = pc.sum(t.column(name)).as_py()
@@ -366,13 +418,109 @@ class ResultStore:
 
         hits = pc.sum(pc.cast(t.column("cache_hit"), pa.int64())).as_py()
         return {
-            "trials": t.num_rows,
+            "trials": t.num_rows + len(read.corrupt),
             "by_status": by_status,
             "cache_hits": int(hits or 0),
             "ae_seconds": total("ae_seconds"),
             "ae_seconds_saved": total("ae_seconds_saved"),
             "total_seconds": total("total_seconds"),
         }
+
+
+@dataclass(frozen=True)
+class UnreadableFile:
+    """A file in a result table that is not a readable row.
+
+    ``name``: its name in the table's directory; ``key``: the trial key its name gives (None for a
+    stray file, one not named ``<trial key>.parquet``); ``reason``: why (one line).
+    """
+
+    uri: str
+    name: str
+    key: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class TableRead:
+    """A result table as read: the readable rows, the row files that could not be read (``corrupt``:
+    their trials count as "corrupt") and the files that are not rows at all (``strays``: ignored)."""
+
+    table: pa.Table
+    corrupt: tuple[UnreadableFile, ...]
+    strays: tuple[UnreadableFile, ...]
+
+
+_WARNED: set[tuple[str, str]] = set()
+_WARNED_GUARD = threading.Lock()
+
+
+def _warn_once(bad: UnreadableFile, line: str) -> None:
+    """One line on stderr per unreadable file and reason, once per process (a driver reads often)."""
+    with _WARNED_GUARD:
+        if (bad.uri, bad.reason) in _WARNED:
+            return
+        _WARNED.add((bad.uri, bad.reason))
+    print(line, file=sys.stderr, flush=True)
+
+
+def _why(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:200]
+
+
+def _name_in(where: Storage, path: str) -> str:
+    root = where.root.rstrip("/")
+    return path[len(root) + 1:] if path.startswith(root + "/") else path
+
+
+def _split_files(where: Storage, paths: Sequence[str]) -> tuple[list[UnreadableFile], list[UnreadableFile]]:
+    """The table's files as (row files, strays): a row file is ``<trial key>.parquet`` directly in the
+    directory; anything else discovery found (another suffix, a subdirectory's file) is a stray."""
+    rows, strays = [], []
+    for path in paths:
+        name = _name_in(where, path)
+        stem = name[: -len(".parquet")] if name.endswith(".parquet") else ""
+        entry = UnreadableFile(f"{where.uri}/{name}", name, stem or None, "")
+        if "/" not in name and stem and _KEY.fullmatch(stem):
+            rows.append(entry)
+        else:
+            strays.append(UnreadableFile(entry.uri, name, None, "not a row file"))
+    return rows, strays
+
+
+def _parse_row_file(data: bytes, schema: pa.Schema) -> pa.Table:
+    return pq.read_table(pa.BufferReader(data), schema=schema)
+
+
+def _read_each(where: Storage, schema: pa.Schema, files: list[UnreadableFile],
+               scan: Mapping[str, Any]) -> tuple[pa.Table, tuple[UnreadableFile, ...]]:
+    """Read every file whole, on its own (a few at a time), each up to :data:`READ_ATTEMPTS` times;
+    return the readable rows (``scan``'s filter and columns applied) and the files that stayed broken."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(f: UnreadableFile) -> pa.Table | UnreadableFile | None:
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return _parse_row_file(where.read_bytes(f.name), schema)
+            except (OSError, pa.ArrowException, StorageError) as e:
+                if not where.exists(f.name):
+                    return None  # removed meanwhile (e.g. a tuned ablation unit's row): not ours to report
+                if attempt == READ_ATTEMPTS - 1:
+                    return UnreadableFile(f.uri, f.name, f.key, _why(e))
+                time.sleep(READ_RETRY_S * 2**attempt)
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+        results = list(pool.map(one, files))
+    tables = [r for r in results if isinstance(r, pa.Table)]
+    corrupt = tuple(r for r in results if isinstance(r, UnreadableFile))
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    if scan.get("filter") is not None:
+        table = table.filter(scan["filter"])
+    if scan.get("columns"):
+        table = table.select(list(scan["columns"]))
+    return table, corrupt
 
 
 def _value_counts(col: pa.ChunkedArray) -> tuple[list[Any], list[int]]:

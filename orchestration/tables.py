@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from orchestration.results import ResultStore
+from orchestration.results import CORRUPT, ResultStore
 
 #: Columns ``results show`` prints, in order (the store has many more; csv/json give them all).
 SHOWN = ["trial_key", "status", "seed", "eta", "rep_dim", "weight_decay", "lr", "val_auroc", "val_ap",
@@ -24,8 +24,8 @@ def _console() -> Any:
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
-def _rows(prep: Any) -> list[dict[str, Any]]:
-    table = ResultStore(prep.sweep_dir).trials()
+def _rows(prep: Any, table: Any = None) -> list[dict[str, Any]]:
+    table = ResultStore(prep.sweep_dir).trials() if table is None else table
     rows: list[dict[str, Any]] = table.to_pylist()
     objective = prep.spec.search.objective.metric
 
@@ -48,7 +48,11 @@ def status_table(prep: Any) -> None:
     """Progress of the sweep: counts by status, then one line per trial."""
     from rich.table import Table
 
-    rows = _rows(prep)
+    read = ResultStore(prep.sweep_dir).read_trials()
+    # a row file that cannot be read is a trial of its own status: resume runs it again
+    rows = _rows(prep, read.table) + [
+        {"trial_key": bad.key, "status": CORRUPT, "error": f"unreadable row file: {bad.reason}"} for bad in read.corrupt
+    ]
     spec = prep.spec
     total = (spec.search.num_trials or 0) * len(spec.seeds) if spec.search.algorithm == "tpe" else len(prep.cells)
     by_status: dict[str, int] = {}
@@ -67,6 +71,9 @@ def status_table(prep: Any) -> None:
                       _fmt(r.get(spec.search.objective.metric)), _fmt(r.get("epochs_done")),
                       "hit" if r.get("cache_hit") else "", (r.get("error") or "")[:60])
     console.print(table)
+    if read.corrupt:
+        console.print(f"{len(read.corrupt)} trial(s) {CORRUPT}: their row files cannot be read (left in place); "
+                      f"`deepsad sweep resume {spec.name}` runs them again and their new rows replace the files")
 
 
 def results_output(prep: Any, *, top: int | None, fmt: str) -> None:

@@ -235,11 +235,11 @@ def test_result_store_replaces_rows_and_reads_tables(any_storage: Storage) -> No
 
 
 def test_a_row_replaced_while_a_reader_lists_the_table_is_read_again(
-    any_storage: Storage, monkeypatch: pytest.MonkeyPatch
+    any_storage: Storage, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A running sweep rewrites a trial's row while `sweep status` reads the table: the reader's listing
     (which records object sizes, trusted by S3 reads) goes stale. Seen in CI on moto as "Parquet magic
-    bytes not found"; the store discovers again instead of failing."""
+    bytes not found"; the store reads the file again, whole, instead of failing — and it is not corrupt."""
     store = ResultStore(any_storage.child("sweep"))
     store.write_trial({"trial_key": "k1", "status": "running"})
     stale = store._dataset(store._trials, TRIAL_SCHEMA)
@@ -248,24 +248,87 @@ def test_a_row_replaced_while_a_reader_lists_the_table_is_read_again(
         with pytest.raises(pa.ArrowException):
             assert stale is not None
             stale.to_table()  # the race itself, as a reader without retries meets it
-    fresh = store._dataset
     calls: list[int] = []
 
-    def first_stale(where: Storage, schema: pa.Schema) -> object:
+    def always_stale(where: Storage, schema: pa.Schema) -> object:
         calls.append(1)
-        return stale if len(calls) == 1 else fresh(where, schema)
+        return stale
 
-    monkeypatch.setattr(store, "_dataset", first_stale)
-    assert store.trials().column("status").to_pylist() == ["failed"]
-    assert len(calls) == (2 if any_storage.uri.startswith("s3://") else 1)
+    monkeypatch.setattr(store, "_dataset", always_stale)
+    read = store.read_trials()
+    assert read.table.column("status").to_pylist() == ["failed"] and read.corrupt == ()
+    assert calls == [1] and capsys.readouterr().err == ""
 
 
-def test_a_broken_result_file_is_one_storage_error_naming_the_table(any_storage: Storage) -> None:
-    store = ResultStore(any_storage.child("sweep"))
+def _damage(sweep: Storage, key: str, how: str) -> None:
+    good = sweep.read_bytes("results", "trials", f"{key}.parquet")
+    data = {"empty": b"", "garbage": b"not parquet at all", "truncated": good[: len(good) // 2],
+            "tail": good[:-9] + b"XXXXXXXXX"}[how]
+    sweep.write_bytes(data, "results", "trials", f"{key}.parquet")
+
+
+@pytest.mark.parametrize("how", ["empty", "garbage", "truncated", "tail"])
+def test_a_corrupt_row_file_is_skipped_named_and_counted_and_left_in_place(
+    any_storage: Storage, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    """One bad file must not block every reader (status, results show, pull, report, resume): its trial
+    counts as corrupt, the others read as usual, one warning line names the file, nothing is deleted,
+    and the trial's next row replaces it."""
+    sweep = any_storage.child("sweep")
+    store = ResultStore(sweep)
+    store.write_trial({"trial_key": "k1", "status": "finished", "val_auroc": 0.9})
+    store.write_trial({"trial_key": "k2", "status": "finished", "val_auroc": 0.8})
+    store.write_trial({"trial_key": "k3", "status": "failed", "error": "boom"})
+    _damage(sweep, "k2", how)
+    capsys.readouterr()
+
+    read = store.read_trials()
+    assert read.table.column("trial_key").to_pylist() == ["k1", "k3"]
+    assert [(b.key, b.name) for b in read.corrupt] == [("k2", "k2.parquet")] and read.strays == ()
+    assert store.corrupt_keys() == {"k2"} and store.finished_keys() == {"k1"}
+    assert store.row("k2") is None and store.row("k1") is not None
+    summary = store.summary()
+    assert summary["trials"] == 3 and summary["by_status"]["corrupt"] == 1
+    assert summary["by_status"]["finished"] == 1 and summary["by_status"]["failed"] == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines  # one line per file, however often it is read
+    assert lines[0].startswith(f"warning: {sweep.uri}/results/trials/k2.parquet: not a readable trial row (")
+    assert "trial k2 counts as corrupt" in lines[0] and "deepsad sweep resume" in lines[0]
+    assert sweep.exists("results", "trials", "k2.parquet"), "a corrupt file must not be deleted"
+
+    store.write_trial({"trial_key": "k2", "status": "finished", "val_auroc": 0.7})  # the rerun's row
+    again = store.read_trials()
+    assert again.corrupt == () and again.table.column("trial_key").to_pylist() == ["k1", "k2", "k3"]
+
+
+def test_a_corrupt_epoch_history_is_skipped_with_a_warning(
+    any_storage: Storage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = any_storage.child("sweep")
+    store = ResultStore(sweep)
+    store.write_epochs("k1", [{"phase": "sad", "epoch": 1, "loss": 1.0}])
+    sweep.write_bytes(b"", "results", "epochs", "k2.parquet")
+    assert store.epochs().column("trial_key").to_pylist() == ["k1"]
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"warning: {sweep.uri}/results/epochs/k2.parquet: not a readable epoch history (")
+
+
+def test_stray_files_in_a_result_table_are_ignored_with_a_warning_and_left_alone(
+    any_storage: Storage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = any_storage.child("sweep")
+    store = ResultStore(sweep)
     store.write_trial({"trial_key": "k1", "status": "finished"})
-    any_storage.child("sweep").write_bytes(b"not parquet", "results/trials/k2.parquet")
-    with pytest.raises(StorageError, match=r"results/trials: cannot read result table"):
-        store.trials()
+    sweep.write_bytes(b"my notes", "results", "trials", "notes.txt")
+    sweep.write_bytes(sweep.read_bytes("results/trials/k1.parquet"), "results", "trials", "old", "k9.parquet")
+    capsys.readouterr()
+    read = store.read_trials()
+    assert read.table.column("trial_key").to_pylist() == ["k1"] and read.corrupt == ()
+    assert sorted(b.name for b in read.strays) == ["notes.txt", "old/k9.parquet"]
+    assert store.corrupt_keys() == set() and store.summary()["by_status"].get("corrupt") is None
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all("not a row of this table" in line and "left in place" in line for line in lines)
+    assert sweep.exists("results", "trials", "notes.txt") and sweep.exists("results", "trials", "old", "k9.parquet")
 
 
 def test_ae_cache_round_trip(any_storage: Storage) -> None:
