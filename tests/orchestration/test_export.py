@@ -16,7 +16,7 @@ from deepsad.data.idx import read_idx
 from deepsad.data.sources import load_dataset
 from deepsad.data.splits import Protocol, make_split
 from deepsad.deploy import InputSpec, build_scorer, score_array
-from deepsad.errors import CheckpointError, DataError, StorageError
+from deepsad.errors import CheckpointError, ConfigError, DataError, StorageError
 from deepsad.model import DeepSADModel
 from deepsad.networks import default_net_config
 from deepsad.training import OptimConfig, TrainConfig, train
@@ -353,3 +353,16 @@ def test_hostile_export_json_is_one_error(digits_dir: Path, tmp_path: Path) -> N
         with pytest.raises(CheckpointError, match=match) as e:
             load_scorer(out)
         assert "\n" not in str(e.value)
+
+
+def test_fpr_and_threshold_must_be_finite() -> None:
+    from orchestration.export import check_fpr, check_threshold
+
+    for bad in (float("nan"), float("inf"), -0.1, 1.0, True):
+        with pytest.raises(ConfigError, match=r"^--fpr: must be a number in \[0, 1\)"):
+            check_fpr(bad)  # type: ignore[arg-type]
+    assert check_fpr(0) == 0.0 and check_fpr(0.05) == 0.05  # 0: the largest validation normal score
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ConfigError, match=r"^--threshold: must be a finite number"):
+            check_threshold(bad)
+    assert check_threshold(-1) == -1.0
