@@ -360,7 +360,7 @@ def test_fpr_and_threshold_must_be_finite() -> None:
 
     for bad in (float("nan"), float("inf"), -0.1, 1.0, True):
         with pytest.raises(ConfigError, match=r"^--fpr: must be a number in \[0, 1\)"):
-            check_fpr(bad)  # type: ignore[arg-type]
+            check_fpr(bad)
     assert check_fpr(0) == 0.0 and check_fpr(0.05) == 0.05  # 0: the largest validation normal score
     for bad in (float("nan"), float("inf"), float("-inf")):
         with pytest.raises(ConfigError, match=r"^--threshold: must be a finite number"):
