@@ -243,6 +243,10 @@ class Autoencoder(nn.Module):
 # --------------------------------------------------------------------------- configuration + registry
 
 
+#: The largest latent dimension accepted (the paper's are 32-128): a typo must not allocate gigabytes.
+MAX_REP_DIM = 4096
+
+
 @dataclass(frozen=True)
 class NetConfig:
     """Which network to build.
@@ -265,6 +269,8 @@ class NetConfig:
             raise ConfigError(f"net: unknown network {self.name!r} (known: {', '.join(sorted(_BUILDERS))})")
         if self.rep_dim < 1:
             raise ConfigError(f"rep_dim: must be >= 1 (got {self.rep_dim})")
+        if self.rep_dim > MAX_REP_DIM:
+            raise ConfigError(f"rep_dim: must be at most {MAX_REP_DIM} (got {self.rep_dim})")
         expected = _INPUT_SHAPES.get(self.name)
         if expected is not None and tuple(self.input_shape) != expected:
             raise ConfigError(f"net {self.name}: needs inputs of shape {expected}, got {tuple(self.input_shape)}")

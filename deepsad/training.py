@@ -50,6 +50,30 @@ Phase = Literal["ae", "sad"]
 # --------------------------------------------------------------------------- configuration
 
 
+#: Upper bounds of the optimiser settings: far beyond any sensible value, low enough to catch a typo.
+MAX_LR = 10.0
+MAX_WEIGHT_DECAY = 10.0
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 1 << 20
+#: η's bounds (the paper uses 1; searches span 1e-3 .. 1e3).
+MAX_ETA = 1e6
+
+
+def _check_range(name: str, value: float, *, low: float, high: float, strict: bool = False) -> None:
+    """Raise ConfigError unless ``low < value`` (``strict``) or ``low <= value``, value finite and <= high."""
+    if value != value:  # NaN slips past every comparison
+        raise ConfigError(f"{name}: must be a finite number (got nan)")
+    if not (value > low if strict else value >= low):
+        raise ConfigError(f"{name}: must be {'>' if strict else '>='} {low:g} (got {value})")
+    if not (math.isfinite(value) and value <= high):
+        raise ConfigError(f"{name}: must be finite and at most {high:g} (got {value})")
+
+
+def check_eta(eta: float) -> None:
+    """Raise ConfigError unless ``eta`` is a finite weight in (0, MAX_ETA]."""
+    _check_range("eta", eta, low=0, high=MAX_ETA, strict=True)
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     """Adam + MultiStepLR (γ = 0.1) settings of one phase (the reference's defaults for MNIST)."""
@@ -61,14 +85,13 @@ class OptimConfig:
     weight_decay: float = 0.5e-6
 
     def __post_init__(self) -> None:
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr: must be > 0 (got {self.lr})")
-        if self.epochs < 0:
-            raise ConfigError(f"epochs: must be >= 0 (got {self.epochs})")
+        # finite, sensible ranges: NaN slips past every comparison, and lr 1e30 only "diverges" hours later
+        _check_range("lr", self.lr, low=0, high=MAX_LR, strict=True)
+        _check_range("epochs", self.epochs, low=0, high=MAX_EPOCHS)
         if self.batch_size < 2:
             raise ConfigError(f"batch_size: must be >= 2 (BatchNorm needs 2 samples) (got {self.batch_size})")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay: must be >= 0 (got {self.weight_decay})")
+        _check_range("batch_size", self.batch_size, low=2, high=MAX_BATCH_SIZE)
+        _check_range("weight_decay", self.weight_decay, low=0, high=MAX_WEIGHT_DECAY)
         if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
             raise ConfigError(f"milestones: must be increasing positive epochs (got {list(self.milestones)})")
 
@@ -101,8 +124,7 @@ class TrainConfig:
     reference_compat: bool = False
 
     def __post_init__(self) -> None:
-        if not (self.eta > 0 and math.isfinite(self.eta)):
-            raise ConfigError(f"eta: must be > 0 (got {self.eta})")
+        check_eta(self.eta)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (tuples become lists), as stored in checkpoints and result rows."""

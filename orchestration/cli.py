@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
 def _main(argv: list[str] | None) -> None:
     debug = bool(os.environ.get("DEEPSAD_DEBUG"))
     no_args, usage, click_error = _kinds("NoArgsIsHelpError"), _kinds("UsageError"), _kinds("ClickException")
-    aborted, exited = (*_kinds("Abort"), KeyboardInterrupt), _kinds("Exit")
+    aborted: tuple[type[BaseException], ...] = (*_kinds("Abort"), KeyboardInterrupt)
+    exited = _kinds("Exit")
     try:
         rc = app(args=argv, standalone_mode=False)
     except DeepSADError as e:

@@ -100,10 +100,13 @@ class Protocol:
                     f"protocol.known_anomaly_classes: class {both[0]} is also a normal class "
                     f"(normal_classes={list(normal or ())})"
                 )
-        for name in ("n_known_outlier_classes", "seed"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 0:
-                problems.append(f"protocol.{name}: must be an integer >= 0 (got {value!r})")
+        if not _is_int(self.n_known_outlier_classes) or self.n_known_outlier_classes < 0:
+            problems.append(
+                f"protocol.n_known_outlier_classes: must be an integer >= 0 (got {self.n_known_outlier_classes!r})"
+            )
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+            # numpy's and scikit-learn's seeds are 32-bit: a larger one would fail deep inside the split
+            problems.append(f"protocol.seed: must be an integer in [0, 2**32) (got {self.seed!r})")
         count = self.n_labeled_anomalies
         if count is not None and (not _is_int(count) or count < 0):
             problems.append(f"protocol.n_labeled_anomalies: must be an integer >= 0 (got {count!r})")

@@ -4,39 +4,28 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from deepsad.errors import ConfigError, StorageError
+from deepsad.errors import ConfigError
 
-
-def check_writable_dir(path: Path, *, flag: str = "--out") -> None:
-    """Make sure ``path`` can be created and written, before any work starts.
-
-    Raises:
-        StorageError: naming the flag and the path.
-    """
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
-            pass
-    except OSError as e:
-        raise StorageError(f"{flag} {path}: not a writable directory ({e.strerror or e})") from e
+#: What `train` writes into --out (and so all that its --force may replace).
+TRAIN_OWNS: tuple[str, ...] = ("metrics.json", "model/**")
 
 
 def train(
     dataset: Annotated[str, typer.Option(help="Data set name (see `deepsad data check`) or a .npz/.csv file.")],
-    out: Annotated[Path, typer.Option(help="Output directory (model bundle + metrics.json).")],
+    out: Annotated[str, typer.Option(help="Output directory (model bundle + metrics.json), created.")],
     data_dir: Annotated[Path | None, typer.Option(help="Where the data files are.")] = None,
     normal_class: Annotated[list[int] | None, typer.Option(help="Normal class (repeatable).")] = None,
     known_anomaly_class: Annotated[
         list[int] | None, typer.Option(help="Known anomaly class (repeatable); default: drawn with the seed.")
     ] = None,
-    n_known_classes: Annotated[int, typer.Option(help="Number of known anomaly classes to draw.")] = 1,
+    n_known_classes: Annotated[
+        int | None, typer.Option(help="Number of known anomaly classes to draw (default 1).")
+    ] = None,
     n_labeled_anomalies: Annotated[int | None, typer.Option(help="Labeled anomalies (a count).")] = None,
     ratio_labeled: Annotated[float, typer.Option(help="γ_l: labeled anomalies as a ratio of the training set.")] = 0.0,
     pollution: Annotated[float, typer.Option(help="γ_p: ratio of unlabeled anomalies in the unlabeled data.")] = 0.0,
@@ -63,38 +52,28 @@ def train(
     reference_compat: Annotated[
         bool, typer.Option(help="Reproduce the reference code's (empty) encoder weight transfer.")
     ] = False,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing model in --out.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace an earlier `deepsad train` output in --out (never other files).")
+    ] = False,
 ) -> None:
     """Train one Deep SAD model and report validation and test AUROC."""
-    from deepsad.data.splits import Protocol
-    from deepsad.networks import NetConfig  # noqa: F401  (validated through default_net_config)
-    from deepsad.training import OptimConfig, TrainConfig
+    from deepsad.training import TrainConfig
+    from orchestration.outputs import OutputDir, output_path
 
-    milestones = tuple(milestone) if milestone else (50,)
-    ae_milestones = tuple(ae_milestone) if ae_milestone else ()
-    try:
-        protocol = Protocol(
-            normal_classes=tuple(normal_class or [0]),
-            known_anomaly_classes=tuple(known_anomaly_class) if known_anomaly_class else None,
-            n_known_outlier_classes=n_known_classes,
-            n_labeled_anomalies=n_labeled_anomalies,
-            ratio_known_outlier=ratio_labeled,
-            ratio_pollution=pollution,
-            ratio_known_normal=labeled_normals,
-            val_fraction=val_fraction,
-            seed=seed,
-        )
-        sad = OptimConfig(lr=lr, epochs=epochs, milestones=milestones, batch_size=batch_size, weight_decay=weight_decay)
-        ae = (
-            OptimConfig(lr=ae_lr, epochs=ae_epochs, milestones=ae_milestones, batch_size=batch_size,
-                        weight_decay=ae_weight_decay)
-            if ae_epochs > 0 else None
-        )
-    except ConfigError as e:
-        raise ConfigError(f"{_flag_of(str(e))}{e}") from e
-    if (out / "model").exists() and not force:
-        raise StorageError(f"--out {out}: already holds a model (use --force to overwrite)")
-    check_writable_dir(out)
+    protocol, sad, ae = _configs(
+        normal_class=normal_class, known_anomaly_class=known_anomaly_class, n_known_classes=n_known_classes,
+        n_labeled_anomalies=n_labeled_anomalies, ratio_labeled=ratio_labeled, pollution=pollution,
+        labeled_normals=labeled_normals, val_fraction=val_fraction, seed=seed, eta=eta, lr=lr, epochs=epochs,
+        weight_decay=weight_decay, ae_lr=ae_lr, ae_epochs=ae_epochs, ae_weight_decay=ae_weight_decay,
+        milestone=milestone, ae_milestone=ae_milestone, batch_size=batch_size,
+    )
+    from deepsad.networks import MAX_REP_DIM
+
+    if rep_dim is not None and not 1 <= rep_dim <= MAX_REP_DIM:
+        raise ConfigError(f"--rep-dim: must be in [1, {MAX_REP_DIM}] (got {rep_dim})")
+    output = OutputDir(output_path(out, "--out"), command="train", flag="--out", owns=TRAIN_OWNS, force=force,
+                       what="the model")
+    output.check()
     _check_device(device)
 
     from rich.console import Console
@@ -118,22 +97,78 @@ def train(
         f"net {net.name} rep_dim {net.rep_dim} · fingerprint {split.fingerprint[:12]}"
     )
     result = _train_with_progress(console, split, cfg, run_training)
-    _save(out, result, split, cfg)
+    with output.staging() as staged:
+        _save(staged, result, split, cfg, _split_record(dataset, data_dir, split))
     val = "n/a (no anomalies in the validation split)" if result.val_auroc is None else f"{result.val_auroc:.4f}"
     typer.echo(f"val AUROC {val} · test AUROC {result.test_auroc:.4f} · test AP {result.test_ap:.4f}")
-    typer.echo(f"model written to {out / 'model'}")
+    typer.echo(f"model written to {output.path / 'model'}")
 
 
-def _flag_of(message: str) -> str:
+def _configs(
+    *, normal_class: list[int] | None, known_anomaly_class: list[int] | None, n_known_classes: int | None,
+    n_labeled_anomalies: int | None, ratio_labeled: float, pollution: float, labeled_normals: float,
+    val_fraction: float, seed: int, eta: float, lr: float, epochs: int, weight_decay: float, ae_lr: float,
+    ae_epochs: int, ae_weight_decay: float, milestone: list[int] | None, ae_milestone: list[int] | None,
+    batch_size: int,
+) -> tuple[Any, Any, Any]:
+    """The split protocol and both phases' optimiser settings, every value checked before any data loads.
+
+    Raises:
+        ConfigError: one line naming the flag the user typed.
+    """
+    from deepsad.data.splits import Protocol
+    from deepsad.training import OptimConfig, check_eta
+
+    if known_anomaly_class and n_known_classes is not None and n_known_classes != len(set(known_anomaly_class)):
+        raise ConfigError(
+            f"--n-known-classes {n_known_classes} conflicts with --known-anomaly-class "
+            f"({len(set(known_anomaly_class))} given): give one of them"
+        )
+    if ae_epochs < 0:
+        raise ConfigError(f"--ae-epochs: must be >= 0 (0: no pretraining) (got {ae_epochs})")
+    try:
+        protocol = Protocol(
+            normal_classes=tuple(normal_class or [0]),
+            known_anomaly_classes=tuple(known_anomaly_class) if known_anomaly_class else None,
+            n_known_outlier_classes=1 if n_known_classes is None else n_known_classes,
+            n_labeled_anomalies=n_labeled_anomalies,
+            ratio_known_outlier=ratio_labeled,
+            ratio_pollution=pollution,
+            ratio_known_normal=labeled_normals,
+            val_fraction=val_fraction,
+            seed=seed,
+        )
+    except ConfigError as e:
+        raise ConfigError(f"{_flag_of(str(e), PROTOCOL_FLAGS)}{e}") from e
+    sad_flags = {"lr": "--lr", "epochs": "--epochs", "weight_decay": "--weight-decay", "milestones": "--milestone",
+                 "batch_size": "--batch-size", "eta": "--eta"}
+    ae_flags = {"lr": "--ae-lr", "epochs": "--ae-epochs", "weight_decay": "--ae-weight-decay",
+                "milestones": "--ae-milestone", "batch_size": "--batch-size"}
+    try:
+        check_eta(eta)
+        sad = OptimConfig(lr=lr, epochs=epochs, milestones=tuple(milestone) if milestone else (50,),
+                          batch_size=batch_size, weight_decay=weight_decay)
+    except ConfigError as e:
+        raise ConfigError(f"{_flag_of(str(e), sad_flags)}{e}") from e
+    try:
+        ae = OptimConfig(lr=ae_lr, epochs=ae_epochs, milestones=tuple(ae_milestone) if ae_milestone else (),
+                         batch_size=batch_size, weight_decay=ae_weight_decay)
+    except ConfigError as e:
+        raise ConfigError(f"{_flag_of(str(e), ae_flags)}{e}") from e
+    return protocol, sad, (ae if ae_epochs > 0 else None)
+
+
+#: The flag of each protocol field, for messages.
+PROTOCOL_FLAGS = {
+    "ratio_known_outlier": "--ratio-labeled", "ratio_pollution": "--pollution",
+    "ratio_known_normal": "--labeled-normals", "n_labeled_anomalies": "--n-labeled-anomalies",
+    "normal_classes": "--normal-class", "known_anomaly_classes": "--known-anomaly-class",
+    "val_fraction": "--val-fraction", "n_known_outlier_classes": "--n-known-classes", "seed": "--seed",
+}
+
+
+def _flag_of(message: str, names: dict[str, str]) -> str:
     """Prefix a core config error with the CLI flag the user typed."""
-    names = {
-        "ratio_known_outlier": "--ratio-labeled", "ratio_pollution": "--pollution",
-        "ratio_known_normal": "--labeled-normals", "n_labeled_anomalies": "--n-labeled-anomalies",
-        "normal_classes": "--normal-class", "known_anomaly_classes": "--known-anomaly-class",
-        "val_fraction": "--val-fraction", "eta": "--eta", "lr": "--lr / --ae-lr",
-        "epochs": "--epochs / --ae-epochs", "batch_size": "--batch-size", "milestones": "--milestone / --ae-milestone",
-        "weight_decay": "--weight-decay / --ae-weight-decay", "n_known_outlier_classes": "--n-known-classes",
-    }
     field = message.split(":", 1)[0].strip().removeprefix("protocol.")
     return f"{names[field]}: " if field in names else ""
 
@@ -169,8 +204,31 @@ def _train_with_progress(console: Any, split: Any, cfg: Any, run_training: Any) 
         return run_training(split, cfg, on_epoch=on_epoch)
 
 
-def _save(out: Path, result: Any, split: Any, cfg: Any) -> None:
-    """Write the model bundle and metrics.json; the model directory appears whole or not at all."""
+def _split_record(dataset: str, data_dir: Path | None, split: Any) -> dict[str, Any]:
+    """How to rebuild this run's split, for `deepsad export` / `score` to calibrate a threshold on its
+    validation part: the data set (a file as an absolute path), the data directory and the protocol
+    with its seed. The shape of ``selection.json``'s ``"split"`` (orchestration.registry.split_source);
+    the export checks the rebuilt split's fingerprint against the model's."""
+    from dataclasses import asdict
+
+    source = dataset
+    if dataset.lower().endswith((".npz", ".csv")):  # a file: where it is, as load_dataset finds it
+        path = Path(dataset).expanduser()
+        if not path.is_absolute() and not path.exists() and data_dir is not None:
+            path = Path(data_dir).expanduser() / path
+        source = str(path.resolve())
+    protocol = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(split.protocol).items()}
+    where = str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None
+    return {"dataset": source, "data_dir": where, "protocol": protocol, "from": "deepsad train run"}
+
+
+def _save(out: Path, result: Any, split: Any, cfg: Any, split_record: dict[str, Any] | None = None) -> None:
+    """Write the model bundle and metrics.json; the model directory appears whole or not at all.
+
+    ``split_record`` (:func:`_split_record`) goes into the model's meta as ``"split"``: what threshold
+    calibration needs to rebuild the validation split (orchestration.export.calibration_source)."""
+    if split_record is not None:
+        result.model.meta["split"] = split_record
     summary: dict[str, Any] = {
         "dataset": split.dataset,
         "fingerprint": split.fingerprint,
@@ -187,8 +245,6 @@ def _save(out: Path, result: Any, split: Any, cfg: Any) -> None:
         "history": [h.to_dict() for h in result.history],
     }
     result.model.meta["metrics"] = {k: summary[k] for k in ("val_auroc", "val_ap", "test_auroc", "test_ap")}
-    if (out / "model").exists():
-        shutil.rmtree(out / "model")
     result.model.save(out / "model")
     tmp = out / ".metrics.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))

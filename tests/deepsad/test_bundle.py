@@ -22,9 +22,11 @@ max, per-epoch loss relative, eval scores relative to their max) and why:
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -231,11 +233,20 @@ def test_cached_autoencoders_are_transferred_as_finetune_does(digits_splits: lis
 # --------------------------------------------------------------------------- isolation, grouping, progress
 
 
+def unchecked(cfg: Any, **changes: Any) -> Any:
+    """``cfg`` with ``changes`` that its validation refuses (lr 1e30 > MAX_LR): a member made to diverge on
+    purpose, as a legitimate setting can on real data."""
+    out = copy.copy(cfg)
+    for name, value in changes.items():
+        object.__setattr__(out, name, value)
+    return out
+
+
 def _assert_isolated(splits: list[SemiSupervisedSplit], cfgs: list[TrainConfig],
                      alone: list[BundleMemberResult], strategy: Strategy) -> None:
     """A member with an exploding learning rate, added to the bundle, fails alone; the others are bit
     for bit what they are without it (on CPUs; a GPU may pick other kernels for another K)."""
-    exploding = replace(cfgs[0], seed=11, sad=replace(cfgs[0].sad, lr=1e30))
+    exploding = replace(cfgs[0], seed=11, sad=unchecked(cfgs[0].sad, lr=1e30))
     mixed = train_bundle([splits[0], splits[1], splits[1], splits[2]], [cfgs[0], cfgs[1], exploding, cfgs[2]],
                          strategy=strategy)
     failed = mixed[2]
@@ -278,7 +289,7 @@ def test_a_member_whose_autoencoder_diverges_fails_in_pretraining(digits_splits:
                                                                   strategy: Strategy) -> None:
     cfgs = _mlp_configs(digits_splits[0])
     assert cfgs[0].ae is not None
-    bad = replace(cfgs[0], seed=12, ae=replace(cfgs[0].ae, lr=1e30))
+    bad = replace(cfgs[0], seed=12, ae=unchecked(cfgs[0].ae, lr=1e30))
     out = train_bundle(digits_splits[:2], [bad, cfgs[1]], strategy=strategy)
     assert out[0].failure is not None and "ae epoch 1" in out[0].failure and out[0].fit is None
     assert out[1].ok

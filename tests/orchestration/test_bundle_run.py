@@ -136,7 +136,9 @@ def test_a_retried_bundle_resumes_from_its_checkpoint(tmp_path: Path, monkeypatc
 @pytest.mark.integration  # trains ~10 small models: seconds, not milliseconds
 def test_a_diverging_member_fails_alone(tmp_path: Path) -> None:
     good = trials([1.0])[0]
-    bad = replace(good, params={"eta": 1.0, "lr": 1e30}, train=replace(good.train, sad=replace(good.train.sad, lr=1e30)))
+    from tests.deepsad.test_bundle import unchecked  # lr 1e30 is past the config's bound: made to diverge
+
+    bad = replace(good, params={"eta": 1.0, "lr": 1e30}, train=replace(good.train, sad=unchecked(good.train.sad, lr=1e30)))
     rows = {r["trial_key"]: r for r in execute([good, bad], Reporter(tmp_path / "r"), ctx(tmp_path / "s"))}
     alone = execute([good], Reporter(tmp_path / "r1"), ctx(tmp_path / "one"))[0]
     assert rows[bad.key]["status"] == "failed" and "diverged" in rows[bad.key]["error"]

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -119,10 +118,50 @@ def test_unwritable_output_directory(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 2 and err.startswith("error: --out") and err.count("\n") == 1
 
 
-def test_help_is_instant_and_imports_no_torch() -> None:
+def test_help_imports_no_torch() -> None:
+    """What keeps the CLI quick to start (its time is benchmarks/bench_cli.py's, not a test's)."""
     code = "import sys, orchestration.cli; print('torch' in sys.modules, 'ray' in sys.modules)"
-    t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.stdout.split() == ["False", "False"], out.stderr
-    assert time.perf_counter() - t0 < 5
+
+
+# Issue 12, item 6: every numeric flag checked up front, NaN and inf refused, conflicts refused, each error
+# naming its own flag — before any data loads (the data set named here does not exist, so an error about
+# the flag proves the data was never read).
+BAD_VALUES = [
+    (["--weight-decay", "nan"], "--weight-decay: weight_decay: must be a finite number (got nan)"),
+    (["--ae-weight-decay", "nan"], "--ae-weight-decay: weight_decay: must be a finite number (got nan)"),
+    (["--weight-decay", "inf"], "--weight-decay: weight_decay: must be finite and at most"),
+    (["--lr", "1e30"], "--lr: lr: must be finite and at most"),
+    (["--ae-lr", "-1"], "--ae-lr: lr: must be > 0"),
+    (["--epochs", "-1"], "--epochs: epochs: must be >= 0"),
+    (["--ae-epochs", "-1"], "--ae-epochs: must be >= 0"),
+    (["--eta", "-1"], "--eta: eta: must be > 0"),
+    (["--eta", "nan"], "--eta: eta: must be a finite number"),
+    (["--seed", "4294967296"], "--seed: protocol.seed: must be an integer in [0, 2**32)"),
+    (["--rep-dim", "100000"], "--rep-dim: must be in [1, 4096]"),
+    (["--pollution", "nan"], "--pollution: protocol.ratio_pollution: must be in [0, 1)"),
+    (["--known-anomaly-class", "1", "--n-known-classes", "99"], "--n-known-classes 99 conflicts with"),
+    (["--batch-size", "1"], "--batch-size: batch_size: must be >= 2"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_values_are_named_before_any_data_loads(
+    args: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(["train", "--dataset", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "out"),
+                            *args], capsys)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"error: {expected}"), err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize("args", [["--weight-decay", "nan"], ["--ae-epochs", "-1"]], ids=" ".join)
+def test_bad_values_through_the_installed_command(args: list[str], tmp_path: Path) -> None:
+    from tests.orchestration.test_cli_usage import deepsad
+
+    done = deepsad("train", "--dataset", "digits", "--out", str(tmp_path / "out"), *args, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and args[0] in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and list(tmp_path.iterdir()) == []
