@@ -20,11 +20,11 @@ difference is refused (:func:`check_identity`) with one line per field, before a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from deepsad.errors import ConfigError, DeepSADError
+from deepsad.jsonio import load_json_bounded
 from orchestration.spec import PROTOCOL_AXES, SweepSpec, parse_spec, show
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def stored_spec(sweep_dir: Storage) -> SweepSpec | None:
     try:
         text = sweep_dir.read_bytes(SPEC_FILE).decode("utf-8")
         raw = sweep_dir.read_bytes("submission.json") if sweep_dir.exists("submission.json") else b"{}"
-        submission = json.loads(raw)
+        submission = load_json_bounded(raw, f"{sweep_dir.uri}/submission.json", error=ConfigError)
         base_dir = submission.get("base_dir") if isinstance(submission, dict) else None
         return parse_spec(text, where, base_dir=base_dir if isinstance(base_dir, str) else None)
     except (UnicodeDecodeError, ValueError) as e:

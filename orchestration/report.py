@@ -15,7 +15,6 @@ Everything here is pure (rows in, numbers out): :func:`used_rows`, :func:`choose
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,7 +26,8 @@ import numpy as np
 import pyarrow as pa
 from scipy import stats
 
-from deepsad.errors import ConfigError, StorageError
+from deepsad.errors import ConfigError, DeepSADError, StorageError
+from deepsad.jsonio import load_json_bounded
 from orchestration.results import TRIAL_SCHEMA, ResultStore
 
 #: ``--metric`` name → the result column (the paper reports test-set numbers).
@@ -103,8 +103,8 @@ def axis_value(row: Mapping[str, Any], name: str) -> Any:
 
 def _axes(row: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        axes = json.loads(row.get("axes_json") or "{}")
-    except ValueError:
+        axes = load_json_bounded(row.get("axes_json") or "{}", "axes_json")
+    except DeepSADError:
         return {}  # a malformed cell description must not hide the cell's numbers
     return axes if isinstance(axes, dict) else {}
 

@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from deepsad.errors import IntegrityError, StorageError
+from deepsad.jsonio import load_json_bounded
 from orchestration import s3
 
 META_FILE = "meta.json"
@@ -359,10 +360,8 @@ class Storage:
         """``[(path, size, sha256), ...]`` of the manifest of ``key``; IntegrityError if malformed."""
         name = f"{key}/{MANIFEST_FILE}" if key else MANIFEST_FILE
         where = self._where(name)
-        try:
-            record = json.loads(self.read_bytes(name))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise IntegrityError(f"{where}: not a valid manifest (not JSON: {e})") from e
+        # bounded: a manifest comes from storage that others may write (size, depth, strictness)
+        record = load_json_bounded(self.read_bytes(name), f"{where}: not a valid manifest", error=IntegrityError)
         files = record.get("files") if isinstance(record, dict) else None
         if not isinstance(files, builtins.list) or record.get("version") != MANIFEST_VERSION:
             raise IntegrityError(

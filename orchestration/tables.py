@@ -6,6 +6,8 @@ import json
 import sys
 from typing import Any
 
+from deepsad.errors import StorageError
+from deepsad.jsonio import load_json_bounded
 from orchestration.results import CORRUPT, ResultStore
 
 #: Columns ``results show`` prints, in order (the store has many more; csv/json give them all).
@@ -65,7 +67,9 @@ def status_table(prep: Any) -> None:
     console.print(f"directory: {prep.sweep_dir.uri}")
     table = Table("trial", "status", "attempt", "seed", "params", spec.search.objective.metric, "epochs", "cache", "error")
     for r in rows:
-        params = json.loads(r["params_json"]) if r.get("params_json") else {}
+        params = load_json_bounded(r["params_json"], f"trial {r['trial_key']}: params_json",
+                                   error=StorageError) if r.get("params_json") else {}
+        params = params if isinstance(params, dict) else {}
         table.add_row(r["trial_key"], r["status"], _fmt(r.get("attempt")), _fmt(r.get("seed")),
                       " ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items())),
                       _fmt(r.get(spec.search.objective.metric)), _fmt(r.get("epochs_done")),

@@ -32,7 +32,8 @@ import numpy as np
 from deepsad.data.dataset import Dataset
 from deepsad.data.sources import load_dataset
 from deepsad.data.splits import SemiSupervisedSplit, make_split
-from deepsad.errors import DataError
+from deepsad.errors import DataError, StorageError
+from deepsad.jsonio import load_json_bounded
 from deepsad.training import EpochReport, FitResult, TrainConfig, TrainState, finetune, pretrain
 from orchestration import faults
 from orchestration.cache import AECache, ae_cache_key
@@ -440,7 +441,8 @@ def _run_tuned(unit: AblationUnit, reporter: Reporter, ctx: RunContext, lock: Ca
         key = unit.row_key(i)
         previous = store.row(key)
         if (previous is not None and previous.get("status") == "finished"
-                and json.loads(previous.get("params_json") or "{}") == trial.params):
+                and load_json_bounded(previous.get("params_json") or "{}", f"row {key}: params_json",
+                                      error=StorageError) == trial.params):
             row = previous
         else:
             handed, restored = (restored, None) if _belongs_to(restored, trial) else (None, restored)
