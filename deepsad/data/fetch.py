@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deepsad.data.archive import extract_tar_safely
+from deepsad.data.official import Identity, official_md5s
 from deepsad.data.sources import DATASETS, resolve_name
 from deepsad.errors import ConfigError, DataError, IntegrityError
 
@@ -75,28 +76,11 @@ MNIST_BASE = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 FMNIST_BASE = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _CIFAR_RECORDS_BYTES = 10000 * 3073
 
-# name -> the files `deepsad data fetch name` downloads. IDX MD5s are of the decompressed files.
+# name -> the files `deepsad data fetch name` downloads. IDX MD5s are of the decompressed files
+# (deepsad.data.official holds them: the loaders recognise the same files by them).
 REMOTE: dict[str, tuple[RemoteFile, ...]] = {
-    "mnist": _idx_files(
-        MNIST_BASE,
-        "mnist",
-        {
-            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-        },
-    ),
-    "fmnist": _idx_files(
-        FMNIST_BASE,
-        "fashion-mnist",
-        {
-            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
-            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
-            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
-        },
-    ),
+    "mnist": _idx_files(MNIST_BASE, "mnist", official_md5s("mnist")),
+    "fmnist": _idx_files(FMNIST_BASE, "fashion-mnist", official_md5s("fmnist")),
     "cifar10": (
         RemoteFile(
             "cifar-10-binary.tar.gz",
@@ -284,15 +268,23 @@ def fetch(name: str, to: str | Path, *, mirror: str | None = None, timeout: floa
 
 @dataclass(frozen=True)
 class DatasetStatus:
-    """What a data directory holds of one data set (files are found, not read or verified).
+    """What a data directory holds of one data set.
+
+    Files are found, not read; those of MNIST, Fashion-MNIST and CIFAR-10 are checksummed (see
+    :mod:`deepsad.data.official`), so another data set's official files do not count as present.
 
     Attributes:
         name: the registry name.
-        present: whether some layout is complete (always true for scikit-learn sets).
+        present: whether some layout is complete (always true for scikit-learn sets) and none of
+            its files is a damaged official file.
         layout: the complete layout's label (``"IDX"``, ``"UCI raw"``, ``"scikit-learn"``), or None.
         found: the files found for that layout.
-        missing: for an absent set, one line per layout: the missing files and where it looked.
+        missing: for an absent set, one line per layout: the missing files and where it looked, or
+            the file that is another data set's (or a damaged copy) and what it is.
         hint: for an absent set, how to get it (``deepsad data fetch ...`` or where to download).
+        checksums: for a present set with known official files: ``"verified"`` (every file is the
+            official one) or ``"unverified"``; ``""`` for other sets.
+        notes: for an unverified set, one line per file that is not verified, saying why.
     """
 
     name: str
@@ -301,6 +293,8 @@ class DatasetStatus:
     found: tuple[Path, ...]
     missing: tuple[str, ...]
     hint: str
+    checksums: str = ""
+    notes: tuple[str, ...] = ()
 
 
 def check(data_dir: str | Path) -> list[DatasetStatus]:
@@ -321,10 +315,25 @@ def check(data_dir: str | Path) -> list[DatasetStatus]:
             continue
         searched = info.locate(root)
         best = searched[0]
-        if best.complete:
+        ids = [best.identities[f.key] for f in best.layout.files if f.key in best.identities]
+        damaged = [i.reason for i in ids if i.status == "damaged"]
+        if best.complete and not damaged:
             found = tuple(best.found[f.key] for f in best.layout.files)
-            statuses.append(DatasetStatus(info.name, True, best.layout.label, found, (), ""))
+            checksums = "" if info.judge is None else _checksums(ids)
+            notes = tuple(i.reason for i in ids if i.status != "verified")
+            statuses.append(
+                DatasetStatus(info.name, True, best.layout.label, found, (), "", checksums, notes)
+            )
         else:
-            missing = tuple(loc.describe_missing() for loc in searched)
+            rejected = [r.reason for loc in searched for r in loc.rejected]
+            if len(rejected) > 1:
+                rejected = [f"{rejected[0]} (and {len(rejected) - 1} more such file(s))"]
+            missing = tuple(
+                [*damaged, *rejected, *(loc.describe_missing() for loc in searched if loc.missing)]
+            )
             statuses.append(DatasetStatus(info.name, False, None, (), missing, info.how_to_get(root)))
     return statuses
+
+
+def _checksums(ids: list[Identity]) -> str:
+    return "verified" if all(i.status == "verified" for i in ids) else "unverified"

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from deepsad.data import cifar, idx, odds, tabular
+from deepsad.data import cifar, idx, odds, official, tabular
 from deepsad.data.dataset import Dataset, Kind
-from deepsad.data.layout import FileSpec, Layout, Located, locate, missing_error
+from deepsad.data.layout import FileSpec, Judge, Layout, Located, locate, missing_error
 from deepsad.data.tabular import load_file
-from deepsad.errors import ConfigError
+from deepsad.errors import ConfigError, DataError
 
 __all__ = ["ALIASES", "DATASETS", "DatasetInfo", "load_dataset", "load_file", "resolve_name"]
 
@@ -70,9 +70,18 @@ class DatasetInfo:
             return f"run `deepsad data fetch {self.name} --to {data_dir}`"
         return self.obtain.format(dir=data_dir)
 
+    @property
+    def judge(self) -> Judge | None:
+        """How found files are recognised: by checksum for the sets with known official files."""
+        return partial(official.identify, self.name) if self.name in official.TITLES else None
+
     def locate(self, data_dir: Path) -> list[Located]:
-        """Search every layout under ``data_dir``; a complete one, if any, is first in the list."""
-        found = [locate(layout, data_dir) for layout in self.layouts]
+        """Search every layout under ``data_dir``; a complete one, if any, is first in the list.
+
+        For MNIST, Fashion-MNIST and CIFAR-10 every candidate file is checksummed (see
+        :mod:`deepsad.data.official`): another data set's official file is passed over.
+        """
+        found = [locate(layout, data_dir, self.judge) for layout in self.layouts]
         return sorted(found, key=lambda loc: not loc.complete)
 
     def load(self, data_dir: str | Path | None) -> Dataset:
@@ -81,7 +90,9 @@ class DatasetInfo:
         Raises:
             ConfigError: a file-based set was asked for without a data directory.
             DataError: no layout is complete (the message names every missing file, every
-                directory searched, and how to get the files), or a file is corrupt.
+                directory searched, and how to get the files, or the file that was found but is
+                another data set's official file, and which), a file is corrupt, or a file has the
+                size of the official one but not its checksum.
         """
         if self.builtin is not None:
             return self.builtin()
@@ -91,7 +102,16 @@ class DatasetInfo:
         searched = self.locate(root)
         if not searched[0].complete:
             raise missing_error(self.name, root, searched, self.how_to_get(root))
-        return searched[0].layout.read(searched[0].found)
+        best = searched[0]
+        data = best.layout.read(best.found)  # format errors first: they say more than a checksum
+        damaged = [i for i in best.identities.values() if i.status == "damaged"]
+        if damaged:
+            raise DataError(
+                f"{self.name}: {damaged[0].reason}: a damaged copy (replace it with the official file: "
+                f"{self.how_to_get(root)}) or other data of that shape (load your own data as an .npz file with "
+                "X, y, X_test, y_test instead)"
+            )
+        return data
 
 
 def _gz(name: str) -> FileSpec:

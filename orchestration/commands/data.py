@@ -52,8 +52,13 @@ def fetch(
 def check(
     data_dir: Annotated[Path, typer.Argument(help="The data directory to inspect.")],
 ) -> None:
-    """Show which data sets DATA_DIR holds, where, and how to get the missing ones."""
+    """Show which data sets DATA_DIR holds, where, and how to get the missing ones.
+
+    MNIST, Fashion-MNIST and CIFAR-10 files are recognised by their checksums: another data set's
+    files do not count, and files that match no official one are shown as unverified.
+    """
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from deepsad.data.fetch import check as check_dir
@@ -62,13 +67,21 @@ def check(
     table = Table(title=f"data sets in {data_dir}", show_lines=True)
     table.add_column("data set", no_wrap=True)
     table.add_column("status", no_wrap=True)
+    table.add_column("checksums", no_wrap=True)
     table.add_column("where / what is missing")
     for s in statuses:
         if s.present:
             where = ", ".join(sorted({str(p.parent) for p in s.found})) or "-"
-            table.add_row(s.name, f"[green]present[/green] ({s.layout})", where)
+            notes = [*s.notes[:1], *([f"(and {len(s.notes) - 1} more)"] if len(s.notes) > 1 else [])]
+            checksums = {"verified": "[green]verified[/green]", "unverified": "[yellow]unverified[/yellow]"}
+            table.add_row(
+                s.name,
+                f"[green]present[/green] ({escape(s.layout or '')})",
+                checksums.get(s.checksums, "-"),
+                escape("\n".join([where, *notes])),
+            )
         else:
-            table.add_row(s.name, "[red]missing[/red]", "\n".join([*s.missing, f"→ {s.hint}"]))
+            table.add_row(s.name, "[red]missing[/red]", "-", escape("\n".join([*s.missing, f"→ {s.hint}"])))
     Console(width=max(120, Console().width)).print(table)
     present = sum(s.present for s in statuses)
     typer.echo(f"{present} of {len(statuses)} data sets present")
