@@ -17,7 +17,6 @@ import struct
 import tokenize
 import zipfile
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from deepsad.data.idx import read_idx
-from deepsad.data.tabular import is_number
+from deepsad.data.tabular import is_header_row, is_number  # noqa: F401  (is_header_row: re-exported)
 from deepsad.errors import CheckpointError, ConfigError, DataError
 from deepsad.model import DeepSADModel
 
@@ -193,22 +192,6 @@ def flag_scores(scores: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
     scores = np.asarray(scores)
     nonfinite = ~np.isfinite(scores)
     return (scores > threshold) | nonfinite, int(nonfinite.sum())
-
-
-def is_header_row(cells: Sequence[str]) -> bool:
-    """Whether the first row of a CSV file of numeric features is a header (never scored).
-
-    It is one when some non-empty cell is not a number (``px0,px1,label``), or when its cells are
-    exactly the column positions ``0, 1, ..., n-1`` — the names pandas gives the columns of an
-    unnamed frame, so ``DataFrame(x).to_csv(index=False)`` writes them as its first line. An empty
-    cell alone does not make a header (it is a missing value of a data row, refused later with its
-    row and column). A genuine first data row that reads exactly ``0,1,...,n-1`` needs a header
-    line above it.
-    """
-    stripped = [c.strip() for c in cells]
-    if any(c and not is_number(c) for c in stripped):
-        return True
-    return bool(stripped) and stripped == [str(i) for i in range(len(stripped))]
 
 
 def check_input_file(path: Path, what: str = "INPUT") -> Path:

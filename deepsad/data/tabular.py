@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,22 @@ def is_number(text: str) -> bool:
     return True
 
 
+def is_header_row(cells: Sequence[str]) -> bool:
+    """Whether the first row of a CSV file of numeric features is a header (never data).
+
+    It is one when some non-empty cell is not a number (``px0,px1,label``), or when its cells are
+    exactly the column positions ``0, 1, ..., n-1`` — the names pandas gives the columns of an
+    unnamed frame, so ``DataFrame(x).to_csv(index=False)`` writes them as its first line. An empty
+    cell alone does not make a header (it is a missing value of a data row, refused later with its
+    row and column). A genuine first data row that reads exactly ``0,1,...,n-1`` needs a header
+    line above it. Used by training (:func:`load_file`) and scoring (``deepsad score``) alike.
+    """
+    stripped = [c.strip() for c in cells]
+    if any(c and not is_number(c) for c in stripped):
+        return True
+    return bool(stripped) and stripped == [str(i) for i in range(len(stripped))]
+
+
 def _load_csv(path: Path) -> Dataset:
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
@@ -127,8 +144,7 @@ def _load_csv(path: Path) -> Dataset:
     if not rows:
         raise DataError(f"{path}: no data rows")
     header: list[str] | None = None
-    # A first row with any non-numeric cell is a header (a missing cell alone does not make one).
-    if any(c and not is_number(c) for c in rows[0][1]):
+    if is_header_row(rows[0][1]):
         header = rows[0][1]
         rows = rows[1:]
     if not rows:

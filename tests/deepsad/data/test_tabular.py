@@ -89,6 +89,15 @@ def test_csv_without_header_uses_last_column(tmp_path: Path) -> None:
     assert ds.y_train.tolist() == [0, 1]
 
 
+def test_csv_header_written_by_pandas_is_not_a_data_row(tmp_path: Path) -> None:
+    """`DataFrame(x).to_csv(index=False)` names the columns 0..n-1: that first line is a header (it was
+    once taken for a sample, shifting every row by one)."""
+    (tmp_path / "d.csv").write_text("0,1,2\n1.5,2,0\n3,4e-1,1\n")
+    ds = load_file(tmp_path / "d.csv")
+    np.testing.assert_array_equal(ds.x_train, [[1.5, 2], [3, 0.4]])
+    assert ds.y_train.tolist() == [0, 1]
+
+
 def test_csv_header_without_label_name_uses_last_column(tmp_path: Path) -> None:
     (tmp_path / "d.csv").write_text("f1,f2,target\n1,2,3\n")
     assert load_file(tmp_path / "d.csv").y_train.tolist() == [3]
