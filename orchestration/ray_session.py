@@ -175,8 +175,8 @@ def reap_stale_ray(sweep_dir: Storage) -> int:
     session, pid = info.get("session_dir"), int(info.get("pid", 0))
     if pid and pid != os.getpid() and _alive(pid):  # our own pid: a resume that goes on with a new run
         raise StorageError(f"sweep {sweep_dir.uri}: its driver (pid {pid}) is still running")
-    if not session:
-        return 0
+    if not session or not _is_session_dir(str(session)):
+        return 0  # (driver.json comes from the storage: never let it name what to kill beyond a Ray session)
     killed = 0
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit() and int(proc.name) != os.getpid() and _in_session(proc, session):
@@ -184,6 +184,14 @@ def reap_stale_ray(sweep_dir: Storage) -> int:
                 os.kill(int(proc.name), signal.SIGKILL)
                 killed += 1
     return killed
+
+
+def _is_session_dir(session: str) -> bool:
+    """Whether ``session`` is a Ray session directory on this machine (``.../session_<date>_<pid>``,
+    a real directory, not a link such as ``session_latest``)."""
+    path = Path(session)
+    return path.is_absolute() and path.name.startswith("session_") and path.name != "session_latest" \
+        and path.is_dir() and not path.is_symlink()
 
 
 def _in_session(proc: Path, session: str) -> bool:

@@ -9,8 +9,10 @@ final model. A sweep is resumable from that directory alone:
 * **submit** starts a new Tune run over the trials that have no finished row yet (grid/random: the
   enumerated cells minus the finished ones; tpe: the study continues until it has ``num_trials``
   configurations);
-* **resume** restores the latest Tune run after its driver died (finished trials are not rerun —
-  and a trial that finds its finished row in the store reports it instead of training again).
+* **resume** continues after the driver died or was interrupted, from the result store and the
+  Optuna study alone, in a new Tune run: the trials without a final row run (finished ones never do;
+  a trial that finds its finished row in the store reports it instead of training again). Tune's own
+  saved state — pickles — is never loaded (see :func:`_resume_plan`).
 """
 
 from __future__ import annotations
@@ -328,6 +330,11 @@ def run_sweep(
     prep.sweep_dir.write_bytes(prep.spec_text.encode(), SPEC_FILE)
     submission = {"source": str(spec.source), "base_dir": spec.base_dir, "submitted_at": datetime.now(UTC).isoformat()}
     prep.sweep_dir.write_bytes(json.dumps(submission).encode(), "submission.json")
+    if resume:
+        left = _resume_plan(prep, progress)
+        if left is None:
+            return ResultStore(prep.sweep_dir).summary()
+        prep, resume = replace(prep, pending=left), False  # resume = a new run of what is left
     if not resume and spec.search.algorithm != "tpe" and not prep.pending:
         progress(f"nothing to do: all {len(prep.cells)} trials of {spec.name} are finished")
         return ResultStore(prep.sweep_dir).summary()
@@ -344,10 +351,8 @@ def run_sweep(
     prep.sweep_dir.write_bytes(json.dumps(plan.to_dict(), default=str, indent=1).encode(), "plan.json")
     payload = _payload(prep)
     runs = _runs(prep.sweep_dir)
-    if resume and not runs:
-        raise StorageError(f"sweep {prep.sweep_dir.uri}: nothing to resume (it was never submitted)")
     reap_stale_ray(prep.sweep_dir)
-    run_name = runs[-1] if resume else f"run-{len(runs) + 1:03d}"
+    run_name = f"run-{len(runs) + 1:03d}"
     slots = spec.resources.max_concurrent_trials if spec.resources.workers_per_trial > 1 else 1
     from orchestration.progress import ProgressPrinter
 
@@ -359,7 +364,6 @@ def run_sweep(
 
         if in_cluster:
             _check_cluster_resources(spec)
-        from ray import tune
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         # on the driver's node: the lock table must not die with a worker node
@@ -372,13 +376,7 @@ def run_sweep(
             bundled = {k for keys in payload.bundles.values() for k in keys}
             total = len(pending_bundles(payload, prep.pending)) + sum(c.key not in bundled for c in prep.pending)
         callbacks = [_store_callback(payload), ProgressPrinter(total=total)]
-        path = prep.sweep_dir.path("tune", run_name)
-        if resume:
-            tuner = tune.Tuner.restore(path, trainable=_restore_trainable(payload, spec), resume_errored=True,
-                                       restart_errored=False, storage_filesystem=prep.sweep_dir.filesystem)
-            progress(f"resuming {spec.name} from {path}")
-        else:
-            tuner = _tuner(prep, payload, run_name, callbacks)
+        tuner = _tuner(prep, payload, run_name, callbacks)
         try:
             with _graceful_ctrl_c() as caught:
                 tuner.fit()
@@ -390,17 +388,49 @@ def run_sweep(
     summary = ResultStore(prep.sweep_dir).summary()
     if interrupted:
         raise KeyboardInterrupt
-    left = _unsettled(prep) if resume else []
-    if left:
-        # Tune restores the experiment state it last saved; a driver killed before Tune saved the
-        # trials it had started (or created) leaves them out of the restored run. Run them anew.
-        progress(f"the restored run left {len(left)} trial(s) without a final row: running them in a new run")
-        return run_sweep(replace(prep, pending=left), resume=False, progress=progress, in_cluster=in_cluster)
     return summary
 
 
+def _resume_plan(prep: Prepared, progress: Callable[[str], None]) -> list[Any] | None:
+    """What a resume runs, in a new Tune run: the cells (grid/random) or units (ablation) without a
+    final row (none, "running", or a row file that cannot be read); for tpe, the Optuna study continues
+    and the configurations a dead driver left running run again. None: nothing left to run.
+
+    Resume never loads Tune's saved state: ``tuner.pkl``, the searcher's state and the experiment
+    state are pickles, and unpickling them runs whatever code the storage holds. The record of truth
+    is ours — the Parquet rows and the Optuna study (SQLite) — so a resume needs nothing else. (Tune's
+    mid-trial checkpoints of trials that were running are not reused: those trials start over.)
+
+    Raises:
+        StorageError: the sweep was never run, or its driver is still running.
+    """
+    spec = prep.spec
+    if not _runs(prep.sweep_dir):
+        raise StorageError(f"sweep {prep.sweep_dir.uri}: nothing to resume (it was never submitted)")
+    reap_stale_ray(prep.sweep_dir)  # refuses while the last driver lives; its trials would be marked dead
+    how = "from its own records (Tune's saved state is never loaded)"
+    if spec.search.algorithm == "tpe" and spec.ablation is None:
+        from orchestration.search import recover_orphans
+
+        again = recover_orphans(spec, prep.sweep_dir)
+        progress(f"resuming {spec.name} {how}: the Optuna study continues"
+                 + (f"; {again} configuration(s) the last run left unfinished run again" if again else ""))
+        return []
+    left = _unsettled(prep)
+    if not left:
+        progress(f"nothing to resume: every trial of {spec.name} has its final row "
+                 "(`deepsad sweep submit` runs failed ones again)")
+        return None
+    # (a driver killed before Tune saved the trials it had started is no special case here: their
+    # rows are missing or "running" like those of any trial in flight)
+    progress(f"resuming {spec.name} {how}: the restored run left {len(left)} trial(s) without a final row: "
+             "running them in a new run")
+    return left
+
+
 def _unsettled(prep: Prepared) -> list[Any]:
-    """Cells (grid/random) or units (ablation) with no final row: none, or a row still "running".
+    """Cells (grid/random) or units (ablation) with no final row: none, a row still "running", or a
+    row file that cannot be read (the store skips it: the trial reads as rowless).
 
     Failed and early-stopped trials are settled (a resubmit, not a resume, runs failed ones again);
     a tpe study continues on its own (``submit``).
@@ -477,16 +507,6 @@ def _total(prep: Prepared) -> int:
     if spec.search.algorithm == "tpe":
         return (spec.search.num_trials or 0) * len(spec.seeds)
     return len(prep.cells)
-
-
-def _restore_trainable(payload: SweepPayload, spec: SweepSpec) -> Any:
-    from ray import tune
-
-    trainable: Any = tune.with_parameters(tune_trial, payload=payload)
-    res = spec.resources
-    if res.workers_per_trial > 1:
-        return tune.with_resources(trainable, {"CPU": 0, "trial_slot": 1})
-    return tune.with_resources(trainable, {"CPU": res.cpus_per_trial, "GPU": res.gpus_per_trial})
 
 
 def load_submitted(name: str, storage: str | None) -> Prepared:

@@ -4,9 +4,13 @@ Ray's ``OptunaSearch`` needs three repairs for our sweeps (each seen on Ray 2.60
 
 * a trial that the scheduler stopped early (ASHA) or that was interrupted reaches Optuna as COMPLETE
   with its truncated value, and TPE then learns from it — we tell Optuna PRUNED instead;
-* after ``Tuner.restore`` a replayed result for a finished Optuna trial raises
-  ``UpdateFinishedTrialError`` and crashes the sweep — we ignore the replay;
-* Optuna trials left RUNNING by a killed driver stay RUNNING forever — on restore we mark them FAIL.
+* a replayed result for a finished Optuna trial raises ``UpdateFinishedTrialError`` and crashes the
+  sweep — we ignore the replay;
+* Optuna trials left RUNNING by a killed driver stay RUNNING forever — a resume marks them FAIL and
+  asks for the same configurations again (:func:`recover_orphans`).
+
+A sweep never restores the searcher from Tune's saved state (a pickle): the study in ``optuna.db``
+(SQLite) is the searcher's whole memory, and every run starts a new searcher on it.
 
 Each suggestion runs once per seed (:class:`SeedRepeater`); Optuna gets the mean over seeds.
 """
@@ -59,15 +63,6 @@ class SweepOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result, error)
         except optuna.exceptions.UpdateFinishedTrialError:
             log.warning("ignoring a replayed result of a finished Optuna trial (Tune trial %s)", trial_id)
-
-    def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        known = {t._trial_id for t in self._ot_trials.values()}
-        study: Any = self._ot_study
-        storage = study._storage
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t._trial_id not in known:  # asked for by a driver that died before its last snapshot
-                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
 
 
 class SeedRepeater(Repeater):
@@ -156,6 +151,25 @@ def study_storage(spec: SweepSpec, sweep_dir: Storage) -> tuple[Any, int]:
         study = optuna.load_study(study_name=spec.name, storage=storage)
         done = sum(1 for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
     return storage, done
+
+
+def recover_orphans(spec: SweepSpec, sweep_dir: Storage) -> int:
+    """Mark the study's RUNNING trials (their driver died: call this only when none runs) FAIL and
+    enqueue their configurations again, so that the next run asks for them first: their seeds that
+    finished find their rows and report them, the others train. Returns how many were enqueued."""
+    if not sweep_dir.exists(STUDY_FILE):
+        return 0
+    storage, _ = study_storage(spec, sweep_dir)
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+    except KeyError:
+        return 0
+    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in orphans:
+        storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        study.enqueue_trial(dict(t.params), user_attrs={"rerun_of": t.number}, skip_if_exists=False)
+    push_study(sweep_dir)
+    return len(orphans)
 
 
 def search_algorithm(spec: SweepSpec, sweep_dir: Storage) -> tuple[Any, int]:

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,7 +155,9 @@ def test_killed_driver_then_resume_reruns_no_finished_trial(tmp_path: Path) -> N
     trained = [line.split()[0] for line in ends.read_text().splitlines()]
     # (a trial killed between its last epoch and its row is unfinished: training it again is right)
     assert all(trained.count(key) == 1 for key in before), "a finished trial trained to the end twice"
-    time.sleep(1)
+    deadline = time.monotonic() + 15  # SIGKILLed by the resume: give the kernel a moment to reap them
+    while session_processes(killed_session) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not session_processes(killed_session), "the killed driver's Ray processes survived the resume"
     assert not session_processes(session_of(store, "killed")), "resume left Ray processes behind"
 
@@ -183,6 +186,50 @@ def test_resume_runs_trials_the_restored_tune_run_does_not_know(tmp_path: Path) 
     assert after[kept["trial_key"]]["started_at"] == kept["started_at"], "a finished trial was rerun"
     assert after[lost["trial_key"]]["started_at"] > lost["started_at"]
     assert not session_processes(session_of(store, "lost")), "resume left Ray processes behind"
+
+
+_PAYLOAD = "import pathlib; pathlib.Path({marker!r}).write_text('ran')"
+
+
+class _Planted:
+    """A pickle that runs code when loaded: what a writer of the bucket could put in Tune's state."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (exec, (_PAYLOAD.format(marker=str(self.marker)),))
+
+
+@pytest.mark.slow
+def test_resume_never_unpickles_what_the_storage_holds(tmp_path: Path) -> None:
+    """Tune's saved state (tuner.pkl, the searcher's and trainable's state) is pickled. Someone who can
+    write the sweep's storage replaces it with a pickle that runs code; resume must finish the sweep
+    from its own records (Parquet rows, the Optuna study) without loading any of it."""
+    import pickle
+
+    spec = write_spec(tmp_path, small_spec("planted", resources__max_concurrent_trials=1))
+    store = tmp_path / "s"
+    first = cli(["sweep", "submit", str(spec), "--storage", str(store)], cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = rows(store, "planted")
+    lost = before[0]
+    (store / "planted" / "results" / "trials" / f"{lost['trial_key']}.parquet").unlink()  # work left to do
+    marker = tmp_path / "code-ran"
+    planted = [p for p in (store / "planted" / "tune").rglob("*.pkl")]
+    assert any(p.name == "tuner.pkl" for p in planted), planted
+    for p in planted:
+        p.write_bytes(pickle.dumps(_Planted(marker)))
+    pickle.loads(planted[0].read_bytes())  # the payload works: loading it runs the code
+    assert marker.read_text() == "ran"
+    marker.unlink()
+
+    resumed = cli(["sweep", "resume", "planted", "--storage", str(store)], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert not marker.exists(), "resume unpickled Tune state from the storage"
+    after = {r["trial_key"]: r for r in rows(store, "planted")}
+    assert {r["status"] for r in after.values()} == {"finished"} and len(after) == 2
+    assert after[before[1]["trial_key"]]["started_at"] == before[1]["started_at"], "a finished trial was rerun"
 
 
 @pytest.mark.slow
