@@ -33,7 +33,10 @@ epoch time of each phase, scaled by its training-set size over the benchmark's �
 member's for ``vmap`` (members step in lockstep on padded batches), the members' mean for ``loop``.
 
     python benchmarks/bench_bundle.py --k 1,2,4,8 --epochs 1 --repeats 3
-    python benchmarks/bench_bundle.py --k 1,8,64,256 --device cuda --bf16 --epochs 3 --val-every 3
+    python benchmarks/bench_bundle.py --k 1,64,512 --device cuda --strategy vmap --epochs 3 --val-every 3
+
+``--bf16`` measures bf16 autocast, which has not been faster than fp32 for these networks where it was
+measured (one model on an H200: 0.68x / 0.79x of fp32, issue 13); it is not offered as a speed option.
 
 Needs torch and the deepsad package only (no Ray).
 """
@@ -58,6 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deepsad.bundle import BundleProgress, train_bundle  # noqa: E402
+from deepsad.bundle_packing import pack_by_size  # noqa: E402
 from deepsad.bundle_strategies import resolve_strategy  # noqa: E402
 from deepsad.data.dataset import Dataset  # noqa: E402
 from deepsad.data.sources import load_dataset  # noqa: E402
@@ -200,11 +204,16 @@ def grid_sizes(data: Dataset) -> list[int]:
             for normal, known, gamma in GRID]
 
 
-def project_grid(fig: Figures, k: int, sizes: list[int], strategy: str, epochs: int) -> float:
-    """Seconds the grid would take in bundles of ``k`` from one run's measured figures (module docstring)."""
+def project_grid(fig: Figures, k: int, sizes: list[int], strategy: str, epochs: int, by_size: bool = False) -> float:
+    """Seconds the grid would take in bundles of ``k`` from one run's measured figures (module docstring).
+
+    ``by_size``: bundles cut by :func:`deepsad.bundle_packing.pack_by_size` (neighbours in training-set
+    size) instead of in the planner's order.
+    """
     total = 0.0
-    for a in range(0, len(sizes), k):
-        chunk = sizes[a:a + k]
+    chunks = ([[sizes[i] for i in b] for b in pack_by_size(sizes, k)] if by_size
+              else [sizes[a:a + k] for a in range(0, len(sizes), k)])
+    for chunk in chunks:
         size = max(chunk) if strategy == "vmap" else statistics.mean(chunk) * len(chunk) / k
         scale = size / fig["member_samples"]
         total += fig["fixed_s"] + epochs * scale * (fig["ae_epoch_s"] + fig["sad_epoch_s"])
@@ -224,7 +233,7 @@ def main() -> None:
     ap.add_argument("--k", default="1,2,4,8", help="comma-separated bundle sizes")
     ap.add_argument("--strategy", default="auto", choices=["auto", "vmap", "loop"], help="bundle strategy")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (measured, not a speed option)")
     ap.add_argument("--epochs", type=int, default=1, help="epochs per phase (the first is a warm-up when > 1)")
     ap.add_argument("--repeats", type=int, default=3, help="repetitions of every configuration (medians)")
     ap.add_argument("--batch-size", type=int, default=128)
@@ -277,6 +286,9 @@ def main() -> None:
         order = names[rep % len(names):] + names[: rep % len(names)]
         for name in order:
             results[name].append(runs[name]())
+            if ns.json:  # after every run: a run cut short by a time limit keeps what it measured
+                Path(ns.json).write_text(json.dumps({"machine": machine(), "args": args, "runs": results,
+                                                     "partial": True}, indent=1))
             if ns.device.startswith("cuda"):
                 torch.cuda.empty_cache()
         print(f"  repeat {rep + 1}/{ns.repeats} done (order {', '.join(order)}; load average {load_average()})",
@@ -285,12 +297,13 @@ def main() -> None:
 
     med = {name: {m: statistics.median(f[m] for f in figs) for m in figs[0]} for name, figs in results.items()}
     report(results, med)
-    projection = {}
+    projection: dict[str, dict[str, float]] = {"planner": {}, "by_size": {}}
     if ns.grid_epochs:
         projection = report_grid(data, results, ns.grid_epochs, strategy)
     if ns.json:
         Path(ns.json).write_text(json.dumps({"machine": machine(), "args": args, "runs": results, "medians": med,
-                                             "grid_seconds": projection}, indent=1))
+                                             "grid_seconds": projection["planner"],
+                                             "grid_seconds_by_size": projection["by_size"]}, indent=1))
 
 
 #: Deep SAD samples/s of the reference Deep-SAD-PyTorch (batch 128, its DataLoader) on one H200, as
@@ -317,23 +330,25 @@ def report(results: dict[str, list[Figures]], med: dict[str, Figures]) -> None:
           f"{REFERENCE_SAD_PER_S_H200:,}/s, the reference code's on one H200 as measured in issue 7)")
 
 
-def report_grid(data: Dataset, results: dict[str, list[Figures]], epochs: int, strategy: str) -> dict[str, float]:
-    """Print and return the projected cost of the paper's MNIST grid at every measured K (median over repeats)."""
+def report_grid(data: Dataset, results: dict[str, list[Figures]], epochs: int, strategy: str
+                ) -> dict[str, dict[str, float]]:
+    """Print and return the projected cost of the paper's MNIST grid at every measured K (median over
+    repeats), with bundles cut in the planner's order and by training-set size."""
     sizes = grid_sizes(data)
     print(f"paper MNIST γ_l grid: {len(GRID)} runs × ({epochs} AE + {epochs} Deep SAD epochs), "
           f"{min(sizes):,}–{max(sizes):,} training samples per run (mean {statistics.mean(sizes):,.0f}); "
           f"projected from each K's measured epoch times and fixed cost ({strategy}):")
-    out: dict[str, float] = {}
+    out: dict[str, dict[str, float]] = {"planner": {}, "by_size": {}}
     for name, figs in results.items():
         if not name.startswith("K="):
             continue
         k = int(name[2:])
-        seconds = statistics.median(project_grid(f, k, sizes, strategy, epochs) for f in figs)
-        out[name] = seconds
-        print(f"  {name:>6}: {-(-len(sizes) // k):4d} bundles, {seconds / 60:10,.1f} device-minutes "
-              f"({seconds / 3600:,.2f} h)")
+        for how, by_size in (("planner", False), ("by_size", True)):
+            out[how][name] = statistics.median(project_grid(f, k, sizes, strategy, epochs, by_size) for f in figs)
+        bundles = len(pack_by_size(sizes, k))
+        print(f"  {name:>6}: {-(-len(sizes) // k):4d} bundles in planner order {out['planner'][name] / 60:10,.1f} "
+              f"device-minutes; {bundles:4d} by size {out['by_size'][name] / 60:10,.1f}")
     return out
-
 
 if __name__ == "__main__":
     main()

@@ -114,6 +114,27 @@ class VmapStrategy:
         self.phase, self.net, self.pool, self.bf16, self.eta = phase, net, pool, bf16, eta
         self.device = pool.x.device
         self._grad = vmap(grad(self._member_loss, has_aux=True))
+        self._full = False  # read by _member_loss while vmap traces it
+        # torch's BatchNorm for unpadded steps, except on CPUs: there its reductions are split by the
+        # size of the channel axis vmap folds the members into, so a member's bits would depend on K
+        # (the bundle's bit-for-bit isolation of a diverging member is tested on CPUs).
+        self._native_bn = self.device.type != "cpu"
+
+    def gradients(self, flat: torch.Tensor, x: torch.Tensor, semi: torch.Tensor, mask: torch.Tensor,
+                  c: torch.Tensor, full: bool = False) -> tuple[torch.Tensor, torch.Tensor, BatchStats]:
+        """Every member's gradient of its step loss (loss sum / valid rows) in one vmapped call.
+
+        flat: (K, P), x: (K, B, ...), semi, mask: (K, B), c: (K, rep_dim) -> gradient (K, P), loss sums
+        (K,), batch statistics (name -> (mean (K, C), unbiased var (K, C))). ``full``: every entry of
+        ``mask`` is True (the plan knows it on the host), so BatchNorm may use torch's kernel (not on
+        CPUs; see :class:`deepsad.stacked.MaskedBatchNorm`).
+        """
+        self._full = full and self._native_bn
+        try:
+            g, (total, stats) = self._grad(flat, x, semi, mask, c, self.eta)
+        finally:
+            self._full = False
+        return g, total, stats
 
     def _member_loss(
         self, flat: torch.Tensor, x: torch.Tensor, semi: torch.Tensor, mask: torch.Tensor, c: torch.Tensor,
@@ -121,7 +142,7 @@ class VmapStrategy:
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, BatchStats]]:
         """One member's step loss (vmapped): flat (P,), x (B, ...), semi (B,), mask (B,), c (rep,), eta ()."""
         with _autocast(self.device, self.bf16):
-            out, stats = self.net.train_forward(flat, x, mask)
+            out, stats = self.net.train_forward(flat, x, mask, self._full)
         if self.phase == "ae":
             losses = reconstruction_errors(out.float(), x)
         else:
@@ -131,15 +152,25 @@ class VmapStrategy:
 
     def run_steps(self, ph: PhaseState, plan: EpochPlan) -> torch.Tensor:
         """Per step: one vmapped gradient, one vectorised Adam step, masked acceptance (``torch.where``,
-        never a multiplication by 0, which would spread NaN)."""
+        never a multiplication by 0, which would spread NaN). No host synchronisation.
+
+        Finiteness is one check per member of the sum of its loss, proposed parameters and batch
+        statistics: a NaN or ±inf anywhere makes the sum non-finite, and a non-finite gradient always
+        gives non-finite proposed parameters (Adam's m/√v is inf/inf = NaN there). Only finite
+        values summing past float32's range (~3e38) would be flagged as well — a member that far out
+        has diverged in all but name.
+        """
         totals = torch.zeros(ph.flat.shape[0], dtype=torch.float64, device=self.device)
         for s in range(plan.steps):
-            x = self.pool.x[plan.rows[s]]  # (K, Bmax, *sample_shape)
-            g, (total, stats) = self._grad(ph.flat, x, plan.semi_targets[s], plan.valid[s], ph.c, self.eta)
+            cols = slice(0, plan.widths[s] if plan.widths else plan.rows.shape[-1])  # no all-padding columns
+            x = self.pool.x[plan.rows[s, :, cols]]  # (K, width, *sample_shape)
+            g, total, stats = self.gradients(ph.flat, x, plan.semi_targets[s, :, cols], plan.valid[s, :, cols], ph.c,
+                                             full=bool(plan.full and plan.full[s]))
             proposed = ph.adam.propose(ph.flat, g)
-            finite = torch.isfinite(total) & torch.isfinite(g).all(1) & torch.isfinite(proposed).all(1)
+            check = total + proposed.sum(1)
             for mean, var in stats.values():
-                finite &= torch.isfinite(mean).all(1) & torch.isfinite(var).all(1)
+                check = check + mean.sum(1) + var.sum(1)
+            finite = torch.isfinite(check)
             stepping = plan.active[s] & ph.alive
             accept = stepping & finite
             ph.alive = ph.alive & ~(stepping & ~finite)
@@ -148,7 +179,7 @@ class VmapStrategy:
             buffers = dict(ph.buffers)
             self.net.update_running_stats(buffers, stats, accept)
             ph.buffers = buffers
-            totals += torch.where(accept, total.double(), torch.zeros_like(totals))
+            totals += torch.where(accept, total.double(), 0.0)
         return totals
 
     @torch.no_grad()

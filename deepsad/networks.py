@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,103 @@ def _bn1d(c: int) -> nn.BatchNorm1d:
 
 def _up(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2)
+
+
+# --------------------------------------------------------------------------- the decoders' deconvolutions
+
+#: How a decoder computes ``deconv(up(x))`` (nearest 2x upsampling, then a stride-1 transposed
+#: convolution), all equal up to float rounding (tests/deepsad/test_networks.py):
+#:
+#: * ``"transpose"`` — as written: ``interpolate`` then ``conv_transpose2d`` (the reference's layers).
+#: * ``"phase"`` — no upsampled tensor: a stride-1 transposed convolution with kernel W, padding p is
+#:   the convolution with W flipped and its in/out channels swapped, padding q = k−1−p; over a
+#:   nearest-upsampled input, output pixel o = 2m + r + q (phase r ∈ {0, 1} per axis) reads only
+#:   input pixels m … m + ⌊k/2⌋, so the 4 phases are one ordinary convolution of x with 4·O output
+#:   channels and ⌊k/2⌋+1 taps (taps of W that fall on the same input pixel summed), interleaved by
+#:   ``pixel_shuffle``. The MNIST decoder's multiply-adds drop 2.1-2.8x per layer, its largest
+#:   activation (the upsampled (8, 28, 28)) is never stored, and every kernel is an ordinary
+#:   convolution — under ``vmap`` a grouped one, like the encoder's, instead of a grouped
+#:   transposed convolution. A layer without upsampling (CIFAR-10's first) becomes the flipped
+#:   convolution.
+DeconvFormulation = Literal["transpose", "phase"]
+
+#: The formulation new decoders use (see :func:`set_deconv_formulation`).
+DEFAULT_DECONV: DeconvFormulation = "phase"
+
+
+_TAPS: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _phase_taps(k: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(2, S, k) 0/1: tap t of a k-tap kernel over a 2x-upsampled axis reads input offset s in phase r
+    (built once per device: no host-to-device copy per step)."""
+    key = (k, device, dtype)
+    if key not in _TAPS:
+        taps = torch.zeros(2, k // 2 + 1, k, dtype=dtype)
+        for r in range(2):
+            for t in range(k):
+                taps[r, (r + t) // 2, t] = 1
+        _TAPS[key] = taps.to(device)
+    return _TAPS[key]
+
+
+def deconv(x: torch.Tensor, layer: nn.ConvTranspose2d, *, upsample: bool,
+           formulation: DeconvFormulation = "transpose") -> torch.Tensor:
+    """``layer(up(x))`` (``up`` = nearest 2x interpolation, when ``upsample``) in the given formulation.
+
+    x: (B, C, H, W) -> (B, O, H', W'). ``layer``: a bias-free stride-1 ConvTranspose2d (its
+    ``weight`` (C, O, k, k) is read through the module, so ``functional_call`` substitutes it).
+    """
+    if formulation == "transpose":
+        return layer(_up(x) if upsample else x)
+    if formulation != "phase":
+        raise ConfigError(f"deconv formulation: must be 'transpose' or 'phase' (got {formulation!r})")
+    w = layer.weight
+    k = w.shape[-1]
+    p = int(layer.padding[0])
+    q = k - 1 - p  # padding of the equivalent ordinary convolution
+    conv_w = w.transpose(0, 1).flip(2, 3)  # (O, C, k, k), a correlation kernel
+    if not upsample:
+        return F.conv2d(x, conv_w, padding=q)
+    taps = _phase_taps(k, w.device, w.dtype)
+    # (O, ry, rx, C, S, S): phase (ry, rx)'s kernel; channel order (o, ry, rx) is pixel_shuffle's
+    phase_w = torch.einsum("ast,buv,octv->oabcsu", taps, taps, conv_w)
+    o, c, s = conv_w.shape[0], conv_w.shape[1], taps.shape[1]
+    pad = (q + 1) // 2  # input m - pad feeds conv output m; phase r of it is output 2m + r + q - 2 pad
+    out_h, out_w = 2 * x.shape[-2] + 2 * q - k + 1, 2 * x.shape[-1] + 2 * q - k + 1
+    start = 2 * pad - q
+    extra_h = max(0, -(-(start + out_h) // 2) - (x.shape[-2] + 2 * pad - s + 1))
+    extra_w = max(0, -(-(start + out_w) // 2) - (x.shape[-1] + 2 * pad - s + 1))
+    if extra_h or extra_w:  # not for the paper's decoders: their outputs are covered by symmetric padding
+        x = F.pad(x, (0, extra_w, 0, extra_h))
+    y = F.conv2d(x, phase_w.reshape(4 * o, c, s, s), padding=pad)
+    y = F.pixel_shuffle(y, 2)
+    return y[..., start : start + out_h, start : start + out_w]
+
+
+class _Decoder(nn.Module):
+    """A decoder whose ``deconv`` layers follow :attr:`formulation` (see :data:`DeconvFormulation`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.formulation: DeconvFormulation = DEFAULT_DECONV
+
+    def _deconv(self, x: torch.Tensor, layer: nn.ConvTranspose2d, upsample: bool = True) -> torch.Tensor:
+        return deconv(x, layer, upsample=upsample, formulation=self.formulation)
+
+
+def set_deconv_formulation(module: nn.Module, formulation: DeconvFormulation) -> nn.Module:
+    """Switch every LeNet decoder inside ``module`` to ``formulation`` (in place); returns ``module``.
+
+    Raises:
+        ConfigError: an unknown formulation.
+    """
+    if formulation not in ("transpose", "phase"):
+        raise ConfigError(f"deconv formulation: must be 'transpose' or 'phase' (got {formulation!r})")
+    for m in module.modules():
+        if isinstance(m, _Decoder):
+            m.formulation = formulation
+    return module
 
 
 # --------------------------------------------------------------------------- MNIST
@@ -58,7 +156,7 @@ class MnistLeNet(nn.Module):
         return self.fc1(x.flatten(1))
 
 
-class MnistLeNetDecoder(nn.Module):
+class MnistLeNetDecoder(_Decoder):
     """Mirror of :class:`MnistLeNet`: z (B, rep_dim) -> x̂ (B, 1, 28, 28) in (0, 1)."""
 
     def __init__(self, rep_dim: int = 32) -> None:
@@ -72,9 +170,9 @@ class MnistLeNetDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = z.view(z.size(0), self.rep_dim // 16, 4, 4)
-        x = self.deconv1(_up(F.leaky_relu(x)))
-        x = self.deconv2(_up(F.leaky_relu(self.bn3(x))))
-        x = self.deconv3(_up(F.leaky_relu(self.bn4(x))))
+        x = self._deconv(F.leaky_relu(x), self.deconv1)
+        x = self._deconv(F.leaky_relu(self.bn3(x)), self.deconv2)
+        x = self._deconv(F.leaky_relu(self.bn4(x)), self.deconv3)
         return torch.sigmoid(x)
 
 
@@ -104,7 +202,7 @@ class FmnistLeNet(nn.Module):
         return self.fc2(x)
 
 
-class FmnistLeNetDecoder(nn.Module):
+class FmnistLeNetDecoder(_Decoder):
     """Mirror of :class:`FmnistLeNet`: z (B, rep_dim) -> x̂ (B, 1, 28, 28) in (0, 1)."""
 
     def __init__(self, rep_dim: int = 64) -> None:
@@ -121,9 +219,9 @@ class FmnistLeNetDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.bn1d2(self.fc3(z))
         x = x.view(x.size(0), 8, 4, 4)
-        x = self.deconv1(_up(F.leaky_relu(x)))
-        x = self.deconv2(_up(F.leaky_relu(self.bn2d3(x))))
-        x = self.deconv3(_up(F.leaky_relu(self.bn2d4(x))))
+        x = self._deconv(F.leaky_relu(x), self.deconv1)
+        x = self._deconv(F.leaky_relu(self.bn2d3(x)), self.deconv2)
+        x = self._deconv(F.leaky_relu(self.bn2d4(x)), self.deconv3)
         return torch.sigmoid(x)
 
 
@@ -153,7 +251,7 @@ class Cifar10LeNet(nn.Module):
         return self.fc1(x.flatten(1))
 
 
-class Cifar10LeNetDecoder(nn.Module):
+class Cifar10LeNetDecoder(_Decoder):
     """Mirror of :class:`Cifar10LeNet`: z (B, rep_dim) -> x̂ (B, 3, 32, 32) in (0, 1)."""
 
     def __init__(self, rep_dim: int = 128) -> None:
@@ -172,10 +270,10 @@ class Cifar10LeNetDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = z.view(z.size(0), self.rep_dim // 16, 4, 4)
-        x = self.deconv1(F.leaky_relu(x))
-        x = self.deconv2(_up(F.leaky_relu(self.bn2d4(x))))
-        x = self.deconv3(_up(F.leaky_relu(self.bn2d5(x))))
-        x = self.deconv4(_up(F.leaky_relu(self.bn2d6(x))))
+        x = self._deconv(F.leaky_relu(x), self.deconv1, upsample=False)
+        x = self._deconv(F.leaky_relu(self.bn2d4(x)), self.deconv2)
+        x = self._deconv(F.leaky_relu(self.bn2d5(x)), self.deconv3)
+        x = self._deconv(F.leaky_relu(self.bn2d6(x)), self.deconv4)
         return torch.sigmoid(x)
 
 

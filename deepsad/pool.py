@@ -176,12 +176,19 @@ class EpochPlan:
             at step s has every row valid (so its discarded forward pass stays finite) and
             ``active[s, k]`` False.
         active: (S, K) bool, whether member k takes an optimiser step at step s.
+        widths: per step, the widest batch of an included member at that step (host ints): columns
+            past it are padding in every member, so ``rows[s, :, :widths[s]]`` is step s's batch.
+        full: per step, whether every row of ``rows[s, :, :widths[s]]`` is valid (host bools): no
+            member is padded at that step (BatchNorm may then use torch's own kernel, see
+            :class:`deepsad.stacked.MaskedBatchNorm`).
     """
 
     rows: torch.Tensor
     semi_targets: torch.Tensor
     valid: torch.Tensor
     active: torch.Tensor
+    widths: tuple[int, ...] = ()
+    full: tuple[bool, ...] = ()
 
     @property
     def steps(self) -> int:
@@ -223,4 +230,8 @@ def epoch_plan(
         valid[:s, m, w:] = False
         active[:s, m] = True
         rows[s:, m] = rows[0, m]  # no batch left: repeat the first one, discarded
-    return EpochPlan(rows.to(device), semi.to(device), valid.to(device), active.to(device))
+    sizes = [ok.sum(1).tolist() for (_, ok), inc in zip(layouts, include, strict=True) if inc]  # batch sizes
+    widths = [max(b[s] if s < len(b) else 0 for b in sizes) for s in range(steps)]
+    full = [bool(valid[s, :, :w].all()) for s, w in enumerate(widths)]
+    return EpochPlan(rows.to(device), semi.to(device), valid.to(device), active.to(device), tuple(widths),
+                     tuple(full))

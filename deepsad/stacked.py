@@ -32,9 +32,16 @@ BatchStats = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass
 class _Tape:
-    """Carries the row mask into, and the batch statistics out of, one functional forward pass."""
+    """Carries the row mask into, and the batch statistics out of, one functional forward pass.
+
+    ``weights`` is the mask as float32 ``(B,)`` and ``rows`` its count, both made once per forward
+    pass for every BatchNorm of the network.
+    """
 
     mask: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+    full: bool = False
     stats: BatchStats = field(default_factory=dict)
 
 
@@ -45,6 +52,16 @@ class MaskedBatchNorm(nn.Module):
     so state dicts are interchangeable. It never writes its buffers: training mode records
     ``(mean, unbiased var)`` on the tape instead. Statistics are computed in float32 (also under bf16
     autocast) and the output has the input's dtype, as torch's BatchNorm.
+
+    Two paths, equal up to float rounding (tests/deepsad/test_stacked.py):
+
+    * every row valid (``full``, known on the host from the batch plan — most steps of an epoch):
+      torch's ``native_batch_norm`` on the batch statistics — one kernel each way, which ``vmap``
+      runs with the members folded into the channels, the layout of its grouped convolutions; the
+      unbiased variance for the running update comes from the kernel's saved 1/√(var + eps).
+    * padded rows: the mask enters as row weights at the level of (row, channel) sums — ``mean =
+      Σ_b w_b Σ_hw x / n`` — never as a multiplication of the whole activation, and the variance is
+      two-pass, Σ w (x − mean)² / n.
     """
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm, name: str, tape: _Tape) -> None:
@@ -61,7 +78,6 @@ class MaskedBatchNorm(nn.Module):
         self.tape = tape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         xf = x.float()
         if not self.training:
@@ -69,17 +85,26 @@ class MaskedBatchNorm(nn.Module):
             assert isinstance(running_mean, torch.Tensor) and isinstance(running_var, torch.Tensor)
             out = (xf - running_mean.view(shape)) * torch.rsqrt(running_var + self.eps).view(shape)
             return out.to(x.dtype)
-        mask = self.tape.mask
-        if mask is None:
+        w, rows = self.tape.weights, self.tape.rows
+        if w is None or rows is None:
             raise RuntimeError("MaskedBatchNorm in training mode needs a mask (use StackedNet.train_forward)")
-        m = mask.to(xf.dtype).view([-1] + [1] * (x.dim() - 1))
+        per_pixel = xf[0, 0].numel()
+        if self.tape.full:
+            out, mean, invstd = torch.ops.aten.native_batch_norm(xf, None, None, None, None, True, 0.0, self.eps)
+            count = xf.shape[0] * per_pixel
+            var = (invstd.detach().pow(-2) - self.eps).clamp(min=0) * (count / max(count - 1, 1))
+            self.tape.stats[self.name] = (mean.detach(), var)
+            return out.to(x.dtype)
+        spatial = list(range(2, x.dim()))
         # n = valid rows x spatial positions per channel; callers guarantee n >= 2 for accepted steps,
         # the clamps only keep a member without a batch (whose step is discarded) finite.
-        n = m.sum() * (xf[0, 0].numel())
-        mean = (xf * m).sum(dims) / n.clamp(min=1)
+        n = rows * per_pixel
+        wb = w.view(-1, 1)  # (B, 1); products of (B, C) sums, not matmuls, which bf16 autocast would round
+        mean = ((xf.sum(spatial) if spatial else xf) * wb).sum(0) / n
         xc = xf - mean.view(shape)
-        var = (xc * xc * m).sum(dims) / n.clamp(min=1)
-        self.tape.stats[self.name] = (mean.detach(), (var * n / (n - 1).clamp(min=1)).detach())
+        sq = xc * xc
+        var = ((sq.sum(spatial) if spatial else sq) * wb).sum(0) / n
+        self.tape.stats[self.name] = (mean.detach(), (var * (n / (n - 1).clamp(min=1))).detach())
         return (xc * torch.rsqrt(var + self.eps).view(shape)).to(x.dtype)
 
 
@@ -122,13 +147,16 @@ class StackedNet:
         return self.offsets[-1]
 
     def params(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Views of one flat vector ``(..., P)`` as named parameters ``(..., *shape)``."""
+        """Views of one flat vector ``(..., P)`` as named parameters ``(..., *shape)``.
+
+        One ``split`` (its backward is one concatenation, where slices would each zero-fill a
+        ``(P,)`` gradient and add it up).
+        """
         lead = flat.shape[:-1]
-        return {
-            name: flat[..., a:b].reshape(*lead, *shape)
-            for name, shape, a, b in zip(self.param_names, self.param_shapes, self.offsets, self.offsets[1:],
-                                         strict=False)
-        }
+        sizes = [b - a for a, b in zip(self.offsets, self.offsets[1:], strict=False)]
+        return {name: piece.reshape(*lead, *shape)
+                for name, shape, piece in zip(self.param_names, self.param_shapes, flat.split(sizes, dim=-1),
+                                              strict=True)}
 
     def stack(self, nets: Sequence[nn.Module], device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Stack K modules of this architecture -> ``flat: (K, P)``, ``buffers: name -> (K, *shape)``."""
@@ -148,18 +176,23 @@ class StackedNet:
         out.update({n: buffers[n][k].detach().cpu().clone() for n in self.buffer_names})
         return out
 
-    def train_forward(self, flat: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, BatchStats]:
+    def train_forward(self, flat: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, full: bool = False
+                      ) -> tuple[torch.Tensor, BatchStats]:
         """One member's training-mode forward (to be vmapped). flat: (P,), x: (B, ...), mask: (B,) bool.
 
-        Returns the output (B, ...) and the batch statistics of every BatchNorm (over the masked rows).
+        ``full``: the caller knows every row of every member is valid (``mask`` all True), so
+        BatchNorm may use torch's kernel (see :class:`MaskedBatchNorm`). Returns the output
+        (B, ...) and the batch statistics of every BatchNorm (over the masked rows).
         """
         self.module.train()
-        self.tape.mask, self.tape.stats = mask, {}
+        weights = mask.to(torch.float32)
+        tape = self.tape
+        tape.mask, tape.weights, tape.rows, tape.full, tape.stats = mask, weights, weights.sum().clamp(min=1), full, {}
         try:
             out = functional_call(self.module, self.params(flat), (x,), strict=False)
-            return out, dict(self.tape.stats)
+            return out, dict(tape.stats)
         finally:
-            self.tape.mask, self.tape.stats = None, {}
+            tape.mask, tape.weights, tape.rows, tape.full, tape.stats = None, None, None, False, {}
 
     def eval_forward(self, flat: torch.Tensor, buffers: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """One member's eval-mode forward (to be vmapped): BatchNorm uses the running statistics.
