@@ -58,7 +58,7 @@ else
     dev=cuda core_epochs=4 step_args=(--k 64,512 --steps 5 --bf16-at 512) ks=1,64,512 epochs=3
     tests=(-m gpu tests/deepsad/test_gpu.py)
     classes_args=(--epochs 150 --workers 10)
-    b_core=35 b_step=45 b_bundle=80 b_tests=45 b_classes=145   # 350 s in all
+    b_core=35 b_step=45 b_bundle=80 b_tests=60 b_classes=130   # 350 s in all
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
