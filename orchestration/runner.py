@@ -222,9 +222,8 @@ def _finished(spec: SweepSpec, sweep_dir: Storage) -> set[str]:
 
 def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list[Any]) -> Any:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    from orchestration.search import search_algorithm
+    from orchestration.search import RecordingASHA, search_algorithm
 
     spec, res = prep.spec, prep.spec.resources
     metric, mode = spec.search.objective.metric, spec.search.objective.mode
@@ -235,7 +234,7 @@ def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list
         trainable = tune.with_resources(trainable, {"CPU": res.cpus_per_trial, "GPU": res.gpus_per_trial})
     scheduler = None
     if spec.search.scheduler is not None:
-        scheduler = ASHAScheduler(
+        scheduler = RecordingASHA(
             time_attr="epoch", metric=metric, mode=mode, max_t=spec.train.epochs,
             grace_period=spec.search.scheduler.grace_period, reduction_factor=spec.search.scheduler.reduction_factor,
             stop_last_trials=False,  # a trial at its last epoch must finish and write its row
@@ -243,7 +242,9 @@ def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list
     search_alg: Any = None
     param_space: dict[str, Any]
     if spec.search.algorithm == "tpe":
-        search_alg, num_samples = search_algorithm(spec, prep.sweep_dir)
+        search_alg, num_samples = search_algorithm(
+            spec, prep.sweep_dir, stopped_early=scheduler.stopped_early if scheduler is not None else None
+        )
         param_space = {}
     elif payload.bundles and not payload.ablation:
         num_samples, param_space = 1, {"bundle": tune.grid_search(pending_bundles(payload, prep.pending))}

@@ -27,6 +27,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
@@ -65,13 +66,33 @@ class SweepOptunaSearch(OptunaSearch):
             log.warning("ignoring a replayed result of a finished Optuna trial (Tune trial %s)", trial_id)
 
 
-class SeedRepeater(Repeater):
-    """Runs each suggestion once per seed; Optuna gets the mean, or PRUNED if any seed's trial was
-    stopped before its last epoch (its report never said ``done``)."""
+class RecordingASHA(ASHAScheduler):
+    """ASHA that remembers which trials it stopped before their last epoch.
 
-    def __init__(self, searcher: OptunaSearch, repeat: int) -> None:
+    Ray 2.60 marks the last result of a trial that the scheduler stopped ``done=True``, exactly like
+    the result of a trial that ran to its end, so a searcher cannot tell them apart from the result:
+    the scheduler's own decision is the record (:attr:`stopped_early`, Tune trial ids)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stopped_early: set[str] = set()
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        at = result.get(self._time_attr)
+        if decision == TrialScheduler.STOP and isinstance(at, int | float) and at < self._max_t:
+            self.stopped_early.add(trial.trial_id)
+        return str(decision)
+
+
+class SeedRepeater(Repeater):
+    """Runs each suggestion once per seed; Optuna gets the mean, or PRUNED if the scheduler stopped any
+    seed's trial before its last epoch (``stopped_early``: :attr:`RecordingASHA.stopped_early`)."""
+
+    def __init__(self, searcher: OptunaSearch, repeat: int, stopped_early: set[str] | None = None) -> None:
         super().__init__(searcher, repeat=repeat, set_index=True)
         self._pruned: set[str] = set()
+        self._stopped_early = stopped_early if stopped_early is not None else set()
 
     def on_trial_complete(  # type: ignore[override]
         self, trial_id: str, result: dict[str, Any] | None = None, **kwargs: Any
@@ -79,7 +100,7 @@ class SeedRepeater(Repeater):
         group = self._trial_id_to_group.get(trial_id)
         if group is None:
             return
-        if not kwargs.get("error") and not (result or {}).get("done"):
+        if not kwargs.get("error") and (trial_id in self._stopped_early or not (result or {}).get("done")):
             self._pruned.add(group.primary_trial_id)
         metric = self.searcher.metric
         score = (result or {}).get(metric)
@@ -172,9 +193,12 @@ def recover_orphans(spec: SweepSpec, sweep_dir: Storage) -> int:
     return len(orphans)
 
 
-def search_algorithm(spec: SweepSpec, sweep_dir: Storage) -> tuple[Any, int]:
+def search_algorithm(
+    spec: SweepSpec, sweep_dir: Storage, stopped_early: set[str] | None = None
+) -> tuple[Any, int]:
     """For tpe: the seeded, persisted Optuna search wrapped per seed, and the number of Tune trials
-    still to run."""
+    still to run. ``stopped_early``: the scheduler's record of trials it stopped (a trial in it is told
+    to Optuna as PRUNED)."""
     storage, done = study_storage(spec, sweep_dir)
     remaining = max((spec.search.num_trials or 0) - done, 0)
     objective = spec.search.objective
@@ -182,4 +206,4 @@ def search_algorithm(spec: SweepSpec, sweep_dir: Storage) -> tuple[Any, int]:
         space=optuna_space(spec), metric=objective.metric, mode=objective.mode, study_name=spec.name,
         storage=storage, sampler=optuna.samplers.TPESampler(seed=spec.search.seed),
     )
-    return SeedRepeater(searcher, repeat=len(spec.seeds)), remaining * len(spec.seeds)
+    return SeedRepeater(searcher, repeat=len(spec.seeds), stopped_early=stopped_early), remaining * len(spec.seeds)

@@ -247,6 +247,32 @@ def test_two_train_workers_match_one_worker(tmp_path: Path) -> None:
     assert b["test_auroc"] == pytest.approx(a["test_auroc"], abs=1e-3)
 
 
+@pytest.mark.integration
+def test_trials_asha_stops_are_pruned_in_the_study(tmp_path: Path) -> None:
+    """TPE + ASHA: Optuna learns only from trials that ran to their last epoch. Ray 2.60 marks the last
+    result of a trial the scheduler stopped ``done=True``; the study once held every stopped trial as
+    COMPLETE with its truncated score (issue 17). What the study holds is checked, not the rows."""
+    import optuna
+
+    spec = write_spec(tmp_path, small_spec(
+        "tpe_asha", train__epochs=8, train__milestones=[6],
+        search={"algorithm": "tpe", "num_trials": 6, "seed": 0,
+                "space": {"eta": {"distribution": "log_uniform", "low": 0.001, "high": 1000.0}},
+                "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 3}}))
+    run = cli(["sweep", "submit", str(spec), "--storage", str(tmp_path / "s")], cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = rows(tmp_path / "s", "tpe_asha")
+    stopped = [r for r in got if r["status"] == "stopped"]
+    finished = [r for r in got if r["status"] == "finished"]
+    assert len(got) == 6 and stopped and len(stopped) + len(finished) == 6, [r["status"] for r in got]
+    study = optuna.load_study(study_name="tpe_asha", storage=f"sqlite:///{tmp_path / 's' / 'tpe_asha' / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(stopped), states
+    assert states.count(optuna.trial.TrialState.COMPLETE) == len(finished), states
+    complete_values = sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert complete_values == pytest.approx(sorted(r["val_auroc"] for r in finished))
+
+
 def test_asha_stops_weak_trials_without_deadlock(tmp_path: Path) -> None:
     # a 0-epoch grace period rung at epoch 1 and eta values far apart: ASHA stops some trials early
     spec = write_spec(tmp_path, small_spec(
