@@ -244,8 +244,11 @@ def unchecked(cfg: Any, **changes: Any) -> Any:
 
 def _assert_isolated(splits: list[SemiSupervisedSplit], cfgs: list[TrainConfig],
                      alone: list[BundleMemberResult], strategy: Strategy) -> None:
-    """A member with an exploding learning rate, added to the bundle, fails alone; the others are bit
-    for bit what they are without it (on CPUs; a GPU may pick other kernels for another K)."""
+    """A member with an exploding learning rate, added to the bundle, fails alone; the others are what
+    they are without it: bit for bit with the loop strategy (each member's own kernels), to float
+    rounding with vmap — the stacked kernels of K = 4 and K = 3 block their reductions differently on
+    some CPUs (a 2e-8 difference in one member seen on this project's machines, at the previous
+    commit's code too), and a GPU may pick other kernels for another K."""
     exploding = replace(cfgs[0], seed=11, sad=unchecked(cfgs[0].sad, lr=1e30))
     mixed = train_bundle([splits[0], splits[1], splits[1], splits[2]], [cfgs[0], cfgs[1], exploding, cfgs[2]],
                          strategy=strategy)
@@ -253,13 +256,19 @@ def _assert_isolated(splits: list[SemiSupervisedSplit], cfgs: list[TrainConfig],
     assert failed.fit is None and not failed.ok
     assert failed.failure is not None and "diverged" in failed.failure and "sad epoch 1" in failed.failure
     assert {h.phase for h in failed.history} == {"ae"}  # nothing reported after it diverged
+    same: Any = torch.equal if strategy == "loop" else (lambda x, y: torch.allclose(x, y, rtol=1e-5, atol=1e-6))
     for a, member in zip(alone, [mixed[0], mixed[1], mixed[3]], strict=True):
         assert a.fit is not None and member.fit is not None
         sa, sb = a.fit.model.state_dict, member.fit.model.state_dict
-        assert all(torch.equal(sa[n], sb[n]) for n in sa)
-        assert torch.equal(a.fit.model.c, member.fit.model.c)
-        assert [h.loss for h in a.history] == [h.loss for h in member.history]
-        assert (a.fit.val_auroc, a.fit.test_auroc) == (member.fit.val_auroc, member.fit.test_auroc)
+        assert all(same(sa[n], sb[n]) for n in sa)
+        assert same(a.fit.model.c, member.fit.model.c)
+        if strategy == "loop":
+            assert [h.loss for h in a.history] == [h.loss for h in member.history]
+            assert (a.fit.val_auroc, a.fit.test_auroc) == (member.fit.val_auroc, member.fit.test_auroc)
+        else:
+            assert [h.loss for h in a.history] == pytest.approx([h.loss for h in member.history], rel=1e-5)
+            assert (a.fit.val_auroc, a.fit.test_auroc) == pytest.approx(
+                (member.fit.val_auroc, member.fit.test_auroc), abs=1e-4)
 
 
 def test_a_diverging_member_is_isolated(digits_splits: list[SemiSupervisedSplit], strategy: Strategy,
