@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from deepsad.errors import ConfigError, StorageError
+from deepsad.jsonio import load_json_bounded
 from orchestration.storage import Storage
 
 #: Environment of the sweep's driver (Tune reads it when ``fit`` starts), local Ray or cluster alike.
@@ -167,7 +168,9 @@ def reap_stale_ray(sweep_dir: Storage) -> int:
     """
     if not sweep_dir.exists("driver.json"):
         return 0
-    info = json.loads(sweep_dir.read_bytes("driver.json"))
+    info = load_json_bounded(sweep_dir.read_bytes("driver.json"), f"{sweep_dir.uri}/driver.json", error=StorageError)
+    if not isinstance(info, dict):
+        return 0
     if info.get("cluster"):
         return 0  # a Ray job's driver: the cluster cleans up after a dead job itself
     if info.get("host", socket.gethostname()) != socket.gethostname():

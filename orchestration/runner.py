@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from deepsad.errors import StorageError
+from deepsad.jsonio import load_json_bounded
 from orchestration.cache_lock import LockTable, lease_seconds
 from orchestration.plan import enumerate_cells
 from orchestration.preflight import check_resources, validate_spec
@@ -519,10 +520,16 @@ def load_submitted(name: str, storage: str | None) -> Prepared:
     sweep_dir = sweep_location(name, storage)
     if not sweep_dir.exists(SPEC_FILE):
         raise StorageError(f"no sweep {name!r} under {sweep_dir.uri.rsplit('/', 1)[0]} (no {SPEC_FILE})")
-    text = sweep_dir.read_bytes(SPEC_FILE).decode()
-    submission = json.loads(sweep_dir.read_bytes("submission.json")) if sweep_dir.exists("submission.json") else {}
-    spec = parse_spec(text, submission.get("source", f"{sweep_dir.uri}/{SPEC_FILE}"),
-                      base_dir=submission.get("base_dir"))
+    try:
+        text = sweep_dir.read_bytes(SPEC_FILE).decode()
+    except UnicodeDecodeError as e:
+        raise StorageError(f"{sweep_dir.uri}/{SPEC_FILE}: not UTF-8 text") from e
+    submission = (load_json_bounded(sweep_dir.read_bytes("submission.json"), f"{sweep_dir.uri}/submission.json",
+                                    error=StorageError) if sweep_dir.exists("submission.json") else {})
+    submission = submission if isinstance(submission, dict) else {}
+    source, base_dir = submission.get("source"), submission.get("base_dir")
+    spec = parse_spec(text, source if isinstance(source, str) else f"{sweep_dir.uri}/{SPEC_FILE}",
+                      base_dir=base_dir if isinstance(base_dir, str) else None)
     finished = _finished(spec, sweep_dir)
     cells: list[Any]
     if spec.ablation is not None:
