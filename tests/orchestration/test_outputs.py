@@ -19,24 +19,17 @@ import numpy as np
 import pytest
 
 from deepsad.errors import ConfigError, StorageError
-from orchestration.cli import main
 from orchestration.outputs import OutputDir, OutputFile, output_path
 from tests.orchestration.test_export import DIGITS_PROTOCOL, train_pulled_dir
 from tests.orchestration.test_registry import STEADY, make_store
 from tests.orchestration.test_report import NAME as REPORT_SWEEP
 from tests.orchestration.test_report import SPEC as REPORT_SPEC
 from tests.orchestration.test_report import grid_rows
+from tests.orchestration.test_train_cli import run_cli as run
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:DeprecationWarning")
 
 FAST_TRAIN = ["--ae-epochs", "1", "--epochs", "1", "--milestone", "1", "--batch-size", "64"]
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(e.value.code or 0), out, err
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
