@@ -67,7 +67,7 @@ def test_a_directory_is_replaced_whole_and_only_when_owned(tmp_path: Path) -> No
         (tmp / "sub").mkdir()
         (tmp / "sub" / "b.txt").write_text("2")
     assert snapshot(target) == {"a.txt": b"1", "sub": None, "sub/b.txt": b"2"}
-    with pytest.raises(StorageError, match="not empty.*--force"):
+    with pytest.raises(StorageError, match=r"not empty.*--force"):
         out.check()
     forced = OutputDir(target, command="demo", flag="--out", owns=("a.txt", "sub/**"), force=True)
     with forced.staging() as tmp:
@@ -85,7 +85,7 @@ def test_a_link_is_never_owned(tmp_path: Path) -> None:
     target.mkdir()
     (tmp_path / "elsewhere").mkdir()
     (target / "a.txt").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(StorageError, match="a.txt"):
+    with pytest.raises(StorageError, match=r"a\.txt"):
         OutputDir(target, command="demo", flag="--out", owns=("a.txt",), force=True).check()
     (tmp_path / "link").symlink_to(target)
     with pytest.raises(StorageError, match="symbolic link"):
