@@ -12,6 +12,8 @@ many as fit in :data:`GPU_MEMORY_FRACTION` of the GPU share by :func:`deepsad.bu
 (the GPU's memory: ``DEEPSAD_GPU_MEMORY_GB`` if set, else the planning machine's first GPU, else
 :data:`GPU_MEMORY_DEFAULT_GB`), at most :data:`MAX_BUNDLE`. A cluster's driver plans on the head,
 which often has no GPU: ``deepsad sweep submit --address`` forwards ``DEEPSAD_GPU_MEMORY_GB``.
+A sweep's driver resolves ``auto`` to one number first, from the resources of the Ray cluster it
+runs on (:mod:`orchestration.resources`); ``size == "auto"`` here serves callers without a driver.
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ def _group_key(trial: TrialConfig) -> tuple[Any, ...]:
     return (trial.dataset, trial.data_dir, trial.device_request, bundle_key(replace(trial.train, device="cpu")))
 
 
-def auto_size(trial: TrialConfig, gpus_per_trial: float) -> int:
-    """Members per bundle for ``bundle_size: auto`` (see the module docstring)."""
-    if gpus_per_trial <= 0 or trial.device_request == "cpu":
+def auto_size(trial: TrialConfig, gpus_per_trial: float | str) -> int:
+    """Members per bundle for ``bundle_size: auto`` (see the module docstring). ``gpus_per_trial: auto``
+    (not resolved yet: a plan the driver makes again after resolving it) sizes as on a CPU."""
+    if gpus_per_trial == "auto" or float(gpus_per_trial) <= 0 or trial.device_request == "cpu":
         return CPU_AUTO
     from deepsad.sizing import member_bytes
 
@@ -62,8 +65,19 @@ def auto_size(trial: TrialConfig, gpus_per_trial: float) -> int:
 
         total = (torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available()
                  else GPU_MEMORY_DEFAULT_GB * 1e9)
-    budget = total * min(gpus_per_trial, 1.0) * GPU_MEMORY_FRACTION
-    return max(1, min(MAX_BUNDLE, int(budget // member_bytes(trial.train))))
+    return fit_in_gpu(member_bytes(trial.train), total, float(gpus_per_trial))
+
+
+def fit_in_gpu(per_member: int, gpu_bytes: float, gpus_per_trial: float) -> int:
+    """Members of ``per_member`` bytes that fit in :data:`GPU_MEMORY_FRACTION` of a ``gpus_per_trial``
+    share of a GPU of ``gpu_bytes`` (1 to :data:`MAX_BUNDLE`)."""
+    budget = gpu_bytes * min(gpus_per_trial, 1.0) * GPU_MEMORY_FRACTION
+    return max(1, min(MAX_BUNDLE, int(budget // max(per_member, 1))))
+
+
+def packable_units(units: list[Any]) -> list[Any]:
+    """The ablation units that can share a bundle: Deep SAD / Deep SVDD of policy ``fixed``."""
+    return [u for u in units if not u.is_baseline and u.policy == "fixed"]
 
 
 def _pack(items: list[Any], trial_of: Callable[[Any], TrialConfig], size: int | str,
@@ -90,6 +104,6 @@ def make_bundles(trials: list[TrialConfig], size: int | str, gpus_per_trial: flo
 def make_unit_bundles(units: list[Any], size: int | str, gpus_per_trial: float = 0.0) -> list[list[Any]]:
     """Ablation units in bundles: Deep SAD / Deep SVDD units of policy ``fixed`` are grouped like
     trials (:func:`make_bundles`); baselines and tuned units (a study each) stay alone."""
-    packable = [u for u in units if not u.is_baseline and u.policy == "fixed"]
+    packable = packable_units(units)
     alone = [[u] for u in units if u.is_baseline or u.policy != "fixed"]
     return _pack(packable, lambda u: u.trial, size, gpus_per_trial) + alone

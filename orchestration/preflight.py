@@ -109,13 +109,18 @@ def check_resources(spec: SweepSpec, available_cpus: float, available_gpus: floa
     """Fail early when the cluster cannot run one trial, or ``max_concurrent_trials`` of them at once.
 
     A trial needs ``workers_per_trial`` × (``cpus_per_trial``, ``gpus_per_trial``): with Ray Train
-    each worker gets that share and the trial's own driver asks for no CPU.
+    each worker gets that share and the trial's own driver asks for no CPU. ``auto`` fields are sized
+    to the given numbers first (:func:`orchestration.resources.resolve`), so only explicit ones can fail.
 
     Raises:
         ConfigError: one line per problem, e.g. ``<file>: resources.max_concurrent_trials: 4
             concurrent trials × 1 CPU need 4 CPUs but 2 are available; at most 2 fit``.
     """
     r = spec.resources
+    if r.has_auto():  # auto never asks for more than there is: check what it sizes with the given numbers
+        from orchestration.resources import resolve
+
+        r = resolve(spec, {"CPU": available_cpus, "GPU": available_gpus}, None).resources
     problems: list[Problem] = []
     for unit, per_worker, available in (
         ("CPU", r.cpus_per_trial, available_cpus),

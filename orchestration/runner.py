@@ -366,6 +366,13 @@ def run_sweep(
 
         if in_cluster:
             _check_cluster_resources(spec)
+        if spec.resources.has_auto():  # auto → numbers, from the Ray this driver runs on (once, recorded)
+            from orchestration.resources import resolve_in_driver
+
+            spec = resolve_in_driver(spec, prep.cells, ray.cluster_resources(), prep.sweep_dir, progress,
+                                     in_cluster=in_cluster)
+            prep = replace(prep, spec=spec)
+            payload = _payload(prep)
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         # on the driver's node: the lock table must not die with a worker node

@@ -46,6 +46,8 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    WrapSerializer,
+    WrapValidator,
     field_validator,
 )
 
@@ -270,6 +272,7 @@ class TrainSpec(_OptimSpec):
 
     eta: Float = Field(default=1.0, gt=0, le=MAX_ETA)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16 autocast: not a speed option (slower than fp32 for these networks on an H200); precision studies
     bf16: Annotated[bool, Field(strict=True)] = False
     reference_compat: Annotated[bool, Field(strict=True)] = False
 
@@ -362,11 +365,21 @@ class SearchSpec(_Section):
     scheduler: SchedulerSpec | None = None
 
 
+def _keep_auto(v: Any, handler: Any) -> Any:
+    """``auto`` as given; anything else validated (serialised) as the field's number (with its bounds)."""
+    return v if v == "auto" else handler(v)
+
+
 class ResourcesSpec(_Section):
-    cpus_per_trial: Float = Field(default=1.0, gt=0, le=4096)
-    gpus_per_trial: Float = Field(default=0.0, ge=0, le=64)
+    """``resources``. ``auto`` (cpus_per_trial, gpus_per_trial, max_concurrent_trials, bundle_size) is
+    sized by the driver from the Ray cluster it runs on (:func:`orchestration.resources.resolve`):
+    read :meth:`has_auto` before using these numbers."""
+
+    # typed as numbers: what trials and Tune read is always resolved (auto → numbers) first
+    cpus_per_trial: Annotated[Float, Field(gt=0, le=4096), WrapValidator(_keep_auto), WrapSerializer(_keep_auto)] = 1.0
+    gpus_per_trial: Annotated[Float, Field(ge=0, le=64), WrapValidator(_keep_auto), WrapSerializer(_keep_auto)] = 0.0
     workers_per_trial: Int = Field(default=1, ge=1, le=4096)
-    max_concurrent_trials: Int = Field(default=1, ge=1, le=MAX_TRIALS)
+    max_concurrent_trials: Annotated[Int, Field(ge=1, le=MAX_TRIALS), WrapValidator(_keep_auto), WrapSerializer(_keep_auto)] = 1
     max_failures: Int = Field(default=2, ge=0, le=1000)
     # a trial checkpoints at the end of each phase and otherwise at most this often (0: every epoch);
     # tiny epochs would spend more time checkpointing than training
@@ -378,9 +391,13 @@ class ResourcesSpec(_Section):
     @field_validator("gpus_per_trial")
     @classmethod
     def _whole_above_one(cls, v: float) -> float:
-        if v > 1 and v != int(v):
+        if v != "auto" and v > 1 and v != int(v):
             raise ValueError("fractions of a GPU are only possible below 1")
         return v
+
+    def has_auto(self) -> bool:
+        """Whether any field says ``auto`` (the driver resolves it before trials start)."""
+        return "auto" in (self.cpus_per_trial, self.gpus_per_trial, self.max_concurrent_trials, self.bundle_size)
 
 
 Method = Literal["deepsad", "deepsvdd", "isoforest", "ocsvm"]

@@ -290,6 +290,8 @@ def _bundles(s: dict[str, Any]) -> Iterator[Problem]:
     if isinstance(size, int) and not 1 <= size <= MAX_BUNDLE_SIZE:
         yield Problem("resources.bundle_size", f"must be >= 1 and <= {MAX_BUNDLE_SIZE} or auto", size)
         return
+    if size == "auto":
+        return  # resolves to 1 where bundles cannot run (orchestration.resources says why)
     if search.algorithm == "tpe" and s.get("ablation") is None:
         yield Problem("resources.bundle_size", "bundles pack trials planned up front: use search.algorithm grid "
                       "or random (TPE suggests one configuration at a time)", size)  # fmt: skip
@@ -298,6 +300,16 @@ def _bundles(s: dict[str, Any]) -> Iterator[Problem]:
                       "search.scheduler", size)  # fmt: skip
     if res.workers_per_trial > 1:
         yield Problem("resources.bundle_size", "bundles run in one process; workers_per_trial must be 1", size)
+
+
+@_check("resources")
+def _auto_resources(s: dict[str, Any]) -> Iterator[Problem]:
+    res = s["resources"]
+    if res.workers_per_trial > 1:
+        for key in ("cpus_per_trial", "gpus_per_trial", "max_concurrent_trials"):
+            if getattr(res, key) == "auto":
+                yield Problem(f"resources.{key}", "auto sizes single-process trials; give a number with "
+                              "workers_per_trial > 1", "auto")  # fmt: skip
 
 
 @_check("train", "resources")

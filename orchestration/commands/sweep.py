@@ -65,14 +65,22 @@ def submit(
                        base_dir=base_dir or CLUSTER_BASE_DIR)
         return
     prep = prepare(spec, storage, in_cluster=in_cluster, base_dir=base_dir)
-    plan = make_plan(prep.spec, prep.cells if prep.spec.search.algorithm != "tpe" else None,
+    shown, auto_lines = prep.spec, []
+    if prep.spec.resources.has_auto():  # the plan shows what auto picks here; the driver sizes it again
+        from orchestration.resources import resolve_here
+
+        resolution = resolve_here(prep.spec, prep.cells)
+        shown = prep.spec.model_copy(update={"resources": resolution.resources})
+        auto_lines = [*resolution.describe(), "  (here, without Ray; the driver resolves auto again from the "
+                      "resources of the Ray it runs on — on a cluster, the cluster's)"]
+    plan = make_plan(shown, prep.cells if prep.spec.search.algorithm != "tpe" else None,
                      storage=prep.sweep_dir.uri.rsplit("/", 1)[0])
-    for line in plan.describe():
+    for line in [*plan.describe(), *auto_lines]:
         typer.echo(line)
     if prep.spec.search.algorithm != "tpe":
         typer.echo(f"already finished: {len(prep.cells) - len(prep.pending)} of {len(prep.cells)} trials "
                    f"(they are skipped); to run: {len(prep.pending)}")
-    res = prep.spec.resources
+    res = shown.resources
     if res.bundle_size != 1 and prep.spec.ablation is None and prep.pending:
         from orchestration.bundles import make_bundles
 
@@ -102,6 +110,9 @@ def _submit_remote(spec_path: Path, storage: str | None, url: str, *, wait: bool
     check_identity(parsed, Storage.from_uri(uri).child(parsed.name))  # the driver checks again; say it here
     text = spec_path.read_text(encoding="utf-8")
     typer.echo(f"sweep {parsed.name}: {parsed.search.algorithm} · storage {uri}/{parsed.name} · cluster {url}")
+    if parsed.resources.has_auto():
+        typer.echo("resources auto: sized by the driver from the cluster's resources when it starts "
+                   "(its line and resources.json in the sweep directory say what it chose)")
     if dry_run:
         typer.echo("dry run: nothing submitted (the data and every trial are validated on the cluster)")
         return
