@@ -247,6 +247,12 @@ def check_cluster_storage(storage: str | None, spec: Any) -> str:
     return root.uri
 
 
+#: What Ray's job API answers while the head's job agent is not up yet (a freshly started cluster).
+NO_AGENT = "No available agent to submit job"
+AGENT_WAIT_S = 120.0
+AGENT_POLL_S = 2.0
+
+
 def submit_job(
     *, address: str, name: str, storage: str, spec_text: str, driver_args: list[str], action: str,
     deps: str, python: str,
@@ -264,16 +270,22 @@ def submit_job(
     job_id = f"deepsad-{re.sub(r'[^A-Za-z0-9_-]', '-', name)}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}"
     with tempfile.TemporaryDirectory(prefix="deepsad-job-") as tmp:
         work = stage_working_dir(spec_text, Path(tmp))
-        try:
-            client.submit_job(
-                entrypoint=entrypoint([*driver_args, "--storage", storage, "--in-cluster"], python=python),
-                submission_id=job_id,
-                runtime_env=runtime_env(work, deps=deps, job_id=job_id),
-                metadata={"deepsad_sweep": name, "deepsad_storage": storage, "deepsad_action": action},
-            )
-        except (RuntimeError, ConnectionError) as e:
-            raise ClusterError(f"{address}: the job was refused: {_one_line(e)}") from None
-    return job_id
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                client.submit_job(
+                    entrypoint=entrypoint([*driver_args, "--storage", storage, "--in-cluster"], python=python),
+                    submission_id=job_id,
+                    runtime_env=runtime_env(work, deps=deps, job_id=job_id),
+                    metadata={"deepsad_sweep": name, "deepsad_storage": storage, "deepsad_action": action},
+                )
+                return job_id
+            except (RuntimeError, ConnectionError) as e:
+                # a cluster that has just started answers before its job agent is up: wait for it
+                if NO_AGENT in str(e) and time.monotonic() < deadline:
+                    time.sleep(AGENT_POLL_S)
+                    continue
+                raise ClusterError(f"{address}: the job was refused: {_one_line(e)}") from None
 
 
 def wait_for_job(address: str, job_id: str, echo: Callable[[str], None]) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,3 +111,39 @@ def test_cli_errors_are_one_line_before_anything_starts(args: list[str], message
     result = cli([str(spec) if a == "SPEC" else a for a in args], cwd=tmp_path, env={"RAY_ADDRESS": ""})
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
+
+
+class _StartingCluster:
+    """A job API whose head agent comes up after ``refusals`` submissions (what a just-started cluster
+    answers; seen in CI's cluster test under load). No real cluster can be made to answer this on cue."""
+
+    def __init__(self, refusals: int, error: str = remote.NO_AGENT) -> None:
+        self.refusals, self.error, self.submitted = refusals, error, 0
+
+    def list_jobs(self) -> list[object]:
+        return []
+
+    def submit_job(self, **_: object) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise RuntimeError(f"Request failed with status code 500: {self.error}, please try again later.")
+        self.submitted += 1
+
+
+@pytest.mark.parametrize(("refusals", "error", "ok"), [(2, remote.NO_AGENT, True), (1, "bad entrypoint", False)])
+def test_a_submit_waits_for_a_starting_cluster_s_job_agent(
+    refusals: int, error: str, ok: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deepsad.errors import DeepSADError
+
+    fake = _StartingCluster(refusals, error)
+    monkeypatch.setattr(remote, "connect", lambda _address: fake)
+    monkeypatch.setattr(remote, "AGENT_POLL_S", 0.0)
+    args: dict[str, Any] = dict(address="http://127.0.0.1:1", name="s", storage="s3://b/p", spec_text="name: s\n",
+                driver_args=["sweep", "submit", "spec.yaml"], action="submit", deps="image", python="python")
+    if ok:
+        assert remote.submit_job(**args).startswith("deepsad-s-") and fake.submitted == 1
+    else:  # any other refusal is one error at once
+        with pytest.raises(DeepSADError, match=r"the job was refused: .*bad entrypoint"):
+            remote.submit_job(**args)
+        assert fake.submitted == 0 and fake.refusals == 0
