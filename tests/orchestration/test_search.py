@@ -9,7 +9,6 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from orchestration.search import optuna_space, recover_orphans, study_storage
 from orchestration.spec import SweepSpec, parse_spec
 from orchestration.storage import Storage
 from tests.orchestration.sweeps_helpers import small_spec
@@ -22,6 +21,10 @@ def _tpe_spec() -> SweepSpec:
 
 
 def test_a_resume_fails_the_orphaned_trials_and_asks_for_their_configurations_first(tmp_path: Path) -> None:
+    # imported here: orchestration.search imports Ray, and Ray fixes its auth mode at import (see
+    # tests/test_no_ray_at_collection.py)
+    from orchestration.search import optuna_space, recover_orphans, study_storage
+
     spec = _tpe_spec()
     sweep = Storage.from_uri(str(tmp_path / "tpe"))
     assert recover_orphans(spec, sweep) == 0  # no study yet: nothing to do
