@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,16 @@ def epochs(storage: Path, name: str) -> list[dict[str, Any]]:
 def session_of(storage: Path, name: str) -> str:
     """The Ray session directory the sweep's last driver ran (recorded in driver.json)."""
     return str(json.loads((storage / name / "driver.json").read_text())["session_dir"])
+
+
+def lingering_processes(session: str, timeout: float = 15.0) -> list[int]:
+    """The session's processes still alive after up to ``timeout`` s: Ray's processes exit a moment
+    after ``ray.shutdown`` returns (a raylet or agent outliving the CLI by some 100 ms was seen in CI),
+    so a test polls with a deadline rather than looking once."""
+    deadline = time.monotonic() + timeout
+    while (alive := session_processes(session)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
 
 
 def session_processes(session: str) -> list[int]:

@@ -16,10 +16,10 @@ from tests.orchestration.sweeps_helpers import (
     cli,
     epochs,
     faults_file,
+    lingering_processes,
     popen_cli,
     rows,
     session_of,
-    session_processes,
     small_spec,
     write_spec,
 )
@@ -45,7 +45,7 @@ def test_quickstart_sweep_end_to_end_and_resubmit(tmp_path: Path) -> None:
     again = cli(["sweep", "submit", str(REPO / "sweeps" / "quickstart.yaml"), "--storage", str(store)], cwd=REPO)
     assert again.returncode == 0 and "nothing to do" in again.stdout
     assert len(rows(store, "quickstart")) == 6
-    assert not session_processes(session_of(store, "quickstart")), "the CLI left Ray processes behind"
+    assert not lingering_processes(session_of(store, "quickstart")), "the CLI left Ray processes behind"
 
 
 def test_concurrent_trials_with_the_same_ae_key_train_it_once(tmp_path: Path) -> None:
@@ -155,11 +155,9 @@ def test_killed_driver_then_resume_reruns_no_finished_trial(tmp_path: Path) -> N
     trained = [line.split()[0] for line in ends.read_text().splitlines()]
     # (a trial killed between its last epoch and its row is unfinished: training it again is right)
     assert all(trained.count(key) == 1 for key in before), "a finished trial trained to the end twice"
-    deadline = time.monotonic() + 15  # SIGKILLed by the resume: give the kernel a moment to reap them
-    while session_processes(killed_session) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not session_processes(killed_session), "the killed driver's Ray processes survived the resume"
-    assert not session_processes(session_of(store, "killed")), "resume left Ray processes behind"
+    # SIGKILLed by the resume: give the kernel a moment to reap them
+    assert not lingering_processes(killed_session), "the killed driver's Ray processes survived the resume"
+    assert not lingering_processes(session_of(store, "killed")), "resume left Ray processes behind"
 
 
 @pytest.mark.slow
@@ -185,7 +183,7 @@ def test_resume_runs_trials_the_restored_tune_run_does_not_know(tmp_path: Path) 
     assert {r["status"] for r in after.values()} == {"finished"}
     assert after[kept["trial_key"]]["started_at"] == kept["started_at"], "a finished trial was rerun"
     assert after[lost["trial_key"]]["started_at"] > lost["started_at"]
-    assert not session_processes(session_of(store, "lost")), "resume left Ray processes behind"
+    assert not lingering_processes(session_of(store, "lost")), "resume left Ray processes behind"
 
 
 _PAYLOAD = "import pathlib; pathlib.Path({marker!r}).write_text('ran')"
