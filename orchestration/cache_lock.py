@@ -75,10 +75,11 @@ class LockTable:
         return False
 
     def renew(self, key: str, owner: str) -> bool:
-        """Extend ``owner``'s lease of ``key``; False if it no longer holds it (its lease ran out and
-        another owner took the key)."""
+        """Extend ``owner``'s lease of ``key``; False if another owner holds it now (``owner``'s lease ran
+        out and the key was taken). A key nobody holds is taken again: a table restarted after its node
+        died starts empty, and the holders still alive keep their locks by renewing them."""
         held = self.owners.get(key)
-        if held is None or held[0] != owner:
+        if held is not None and held[0] != owner and held[1] >= time.monotonic():
             return False
         self.owners[key] = (owner, time.monotonic() + self.ttl_s)
         return True

@@ -375,10 +375,16 @@ def run_sweep(
             payload = _payload(prep)
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        # on the driver's node: the lock table must not die with a worker node
+        # on the driver's node: the lock table must not die with a worker node. Affinity is soft, and Ray
+        # placed it on a worker all the same (seen in CI: a killed worker node took the table with it,
+        # and every retry of the trial failed on the dead actor), so it also restarts wherever it can,
+        # and calls to it wait for the restart. A restarted table holds no locks: holders that lived
+        # renew theirs, and at worst one autoencoder is trained twice (the cache's writes are atomic).
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        lock = ray.remote(num_cpus=0)(LockTable).options(name=payload.lock_name, namespace="deepsad",
-                                                         get_if_exists=True, scheduling_strategy=here).remote(lease_s)
+        lock = ray.remote(num_cpus=0)(LockTable).options(
+            name=payload.lock_name, namespace="deepsad", get_if_exists=True, scheduling_strategy=here,
+            max_restarts=-1, max_task_retries=-1,
+        ).remote(lease_s)
         _keep_credentials_out_of_runtime_envs()
         total = _total(prep)
         if payload.bundles:

@@ -261,3 +261,14 @@ def test_the_lease_defaults_to_five_minutes_and_follows_the_environment(monkeypa
     assert lease_seconds() == 300.0
     monkeypatch.setenv(LEASE_ENV, "2.5")
     assert lease_seconds() == 2.5
+
+
+def test_a_restarted_table_gives_the_living_holders_their_locks_back() -> None:
+    """The driver's lock table restarts empty when its node dies (Ray restarts the actor): a holder that
+    lived renews its lock and so holds it again; another owner is then refused, as before the restart."""
+    restarted = LockTable(ttl_s=60.0)
+    assert restarted.renew("ae", "trial-a")
+    assert not restarted.acquire("ae", "trial-b")
+    assert not restarted.renew("ae", "trial-b")
+    restarted.release("ae", "trial-a")
+    assert restarted.acquire("ae", "trial-b")

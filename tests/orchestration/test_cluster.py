@@ -223,7 +223,7 @@ def test_a_killed_worker_node_costs_the_trial_no_finished_epochs(cluster: LocalC
     print(f"node killed after epoch {killed_after}; sweep done {time.monotonic() - t_kill:.1f} s later")
     assert _job_status(cluster, "nodeloss") == "SUCCEEDED"
     (row,) = cluster.rows("nodeloss")
-    assert row["status"] == "finished" and row["epochs_done"] == 40 and row["attempt"] >= 2, row
+    assert row["status"] == "finished" and row["epochs_done"] == 40 and row["attempt"] >= 2, (row["status"], row.get("error"), row.get("attempt"), row.get("epochs_done"))
     lines = _touches(epochs_log)
     before = [int(e) for _k, _at, e, _pid, node in lines if node == victim_id]
     after = [int(e) for _k, _at, e, _pid, node in lines if node == survivor]
