@@ -82,7 +82,7 @@ class S3Server:
         )
 
     def env(self, home: Path) -> dict[str, str]:
-        """The environment that points :class:`~orchestration.storage.Storage` at this server, with the
+        """The environment that points :class:`~orchestration.store.storage.Storage` at this server, with the
         sentinel credentials and no AWS config files (``home`` holds the empty stand-ins)."""
         return {
             "DEEPSAD_S3_ENDPOINT": self.endpoint,
@@ -302,9 +302,9 @@ def s3_server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, t
     ]
 )
 def any_storage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
-    """A fresh, empty :class:`~orchestration.storage.Storage` on each backend: a local directory, and a
+    """A fresh, empty :class:`~orchestration.store.storage.Storage` on each backend: a local directory, and a
     unique prefix of :data:`BUCKET` on moto and on SeaweedFS (those are ``integration`` tests)."""
-    from orchestration.storage import Storage
+    from orchestration.store.storage import Storage
 
     if request.param == "local":
         return Storage.from_uri(tmp_path / "storage")

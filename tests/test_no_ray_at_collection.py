@@ -1,8 +1,8 @@
 """No test module imports Ray when pytest collects it.
 
 Ray reads ``RAY_AUTH_MODE`` once, when ``ray._raylet`` is imported: a test module that imports Ray (or
-``orchestration.search``, which does) at collection time fixes the whole test process to "disabled",
-and the token-authenticated cluster of ``tests/orchestration/test_cluster.py`` then cannot start
+``orchestration.engine.search``, which does) at collection time fixes the whole test process to "disabled",
+and the token-authenticated cluster of ``tests/orchestration/engine/test_cluster.py`` then cannot start
 ("InvalidAuthToken", seen in CI). Tests that need Ray import it inside the test, or run it in a
 subprocess.
 """

@@ -1,6 +1,6 @@
 """What the product asks of S3, as IAM authorisation requests.
 
-``tests/orchestration/test_s3.py`` records every HTTP request that a sweep (and the Storage API)
+``tests/orchestration/store/test_s3.py`` records every HTTP request that a sweep (and the Storage API)
 sends to moto's S3 server (moto's own request recorder, :class:`MotoRecording`), turns each into the
 S3 operation it is (:func:`parse`) and each operation into the IAM requests AWS authorises it with
 (:func:`iam_requests`, after the S3 User Guide's "Actions, resources, and condition keys for Amazon
@@ -215,7 +215,7 @@ def write_record(pairs: set[tuple[str, Request]], path: Path = RECORD) -> None:
     )
     doc = {
         "about": "S3 requests a sweep and the Storage API make, generalised; written by "
-        "tests/orchestration/test_s3.py::test_every_s3_request_is_allowed_by_the_shipped_iam_policy "
+        "tests/orchestration/store/test_s3.py::test_every_s3_request_is_allowed_by_the_shipped_iam_policy "
         "with DEEPSAD_RECORD_S3_REQUESTS=1 (see tests/infra/s3_requests.py)",
         "requests": rows,
     }

@@ -1,7 +1,7 @@
 """The IAM policies under ``infra/aws`` allow what the product does and nothing else.
 
 S3: ``s3_requests.json`` holds the requests a sweep and the Storage API really send (recorded by
-``tests/orchestration/test_s3.py`` against moto); ``iam-policy.json`` must allow each of them and deny
+``tests/orchestration/store/test_s3.py`` against moto); ``iam-policy.json`` must allow each of them and deny
 every other S3 action, resource and ``s3:prefix`` this file probes. The head's EC2 rights: the
 requests Ray's AWS node provider makes (its calls are read from Ray's source, so a Ray upgrade that
 calls something new fails here) for the worker type of ``cluster.yaml``; the policy allows those and
@@ -254,7 +254,7 @@ NOT_REACHED = {
 
 def test_the_modelled_calls_are_those_of_rays_node_provider() -> None:
     # Read the file without importing it: importing ray in the test process fixes Ray's auth mode for the
-    # process ("disabled"), and the token-authenticated cluster of tests/orchestration/test_cluster.py,
+    # process ("disabled"), and the token-authenticated cluster of tests/orchestration/engine/test_cluster.py,
     # later in the same run, then cannot start (seen in CI).
     spec = importlib.util.find_spec("ray")  # a top-level package: found, not imported
     assert spec is not None and spec.submodule_search_locations, "ray is not installed"

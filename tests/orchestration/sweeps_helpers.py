@@ -55,18 +55,18 @@ def write_spec(tmp: Path, spec: dict[str, Any]) -> Path:
 def cli(args: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run `deepsad ARGS` in a fresh interpreter (the way a user runs it)."""
     full_env = {**os.environ, **TEST_ENV, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "orchestration.cli", *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "orchestration.cli.app", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def popen_cli(args: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     full_env = {**os.environ, **TEST_ENV, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "orchestration.cli", *args], cwd=cwd, env=full_env,
+    return subprocess.Popen([sys.executable, "-m", "orchestration.cli.app", *args], cwd=cwd, env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def faults_file(tmp: Path, rules: list[dict[str, Any]]) -> dict[str, str]:
-    """An env that activates deterministic fault injection (see orchestration/faults.py)."""
+    """An env that activates deterministic fault injection (see orchestration/jobs/faults.py)."""
     path = tmp / "faults.json"
     path.write_text(json.dumps({"rules": rules}))
     return {"DEEPSAD_FAULTS": str(path)}
@@ -103,6 +103,6 @@ def lingering_processes(session: str, timeout: float = 15.0) -> list[int]:
 
 def session_processes(session: str) -> list[int]:
     """Live processes of one Ray session (other Ray users of this machine are not counted)."""
-    from orchestration.ray_session import _in_session
+    from orchestration.engine.ray_session import _in_session
 
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _in_session(p, session)]
