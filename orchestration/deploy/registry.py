@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from deepsad.errors import CheckpointError, ConfigError, DeepSADError, StorageError
+from orchestration.store.layout import sweep_location
 from orchestration.store.outputs import OutputDir, output_path
 from orchestration.store.results import ResultStore, check_trial_key
 from orchestration.store.storage import Storage, safe_key
@@ -207,9 +208,7 @@ class PullResult:
 
 def sweep_dir(name: str, storage: str | None) -> Storage:
     """The directory of sweep ``name`` under ``storage`` (default ``runs/sweeps``)."""
-    from orchestration.spec.model import DEFAULT_STORAGE
-
-    return Storage.from_uri(storage or DEFAULT_STORAGE).child(name)
+    return sweep_location(name, storage)
 
 
 def pull(

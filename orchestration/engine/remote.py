@@ -307,12 +307,6 @@ def wait_for_job(address: str, job_id: str, echo: Callable[[str], None]) -> str:
     return status
 
 
-def driver_log_tail(address: str, job_id: str, lines: int = 1) -> list[str]:
-    """The last lines of a job's log (the one-line error of a driver that refused the sweep)."""
-    text = connect(address).get_job_logs(job_id)
-    return [ln for ln in text.splitlines() if ln.strip()][-lines:]
-
-
 # --------------------------------------------------------------------------- stop
 
 

@@ -37,12 +37,16 @@ from orchestration.plan.cells import enumerate_cells
 from orchestration.plan.preflight import check_resources, validate_spec
 from orchestration.plan.trial import TrialConfig
 from orchestration.spec.model import SweepSpec, parse_spec
+from orchestration.store.layout import (
+    DEFAULT_STORAGE,
+    PLAN_FILE,
+    SPEC_FILE,
+    STUDY_FILE,
+    SUBMISSION_FILE,
+    sweep_location,
+)
 from orchestration.store.results import ResultStore
 from orchestration.store.storage import Storage
-
-STUDY_FILE = "optuna.db"  # orchestration.engine.search.STUDY_FILE (kept here so no Ray import is needed)
-SPEC_FILE = "spec.yaml"
-
 
 # --------------------------------------------------------------------------- the driver side
 
@@ -161,13 +165,6 @@ class Prepared:
     finished: set[str]
 
 
-def sweep_location(name: str, storage: str | None) -> Storage:
-    """The directory of sweep ``name`` under ``storage`` (default ``runs/sweeps``)."""
-    from orchestration.spec.model import DEFAULT_STORAGE
-
-    return Storage.from_uri(storage or DEFAULT_STORAGE).child(name)
-
-
 def prepare(
     spec_path: Path, storage: str | None, *, in_cluster: bool = False, base_dir: str | None = None
 ) -> Prepared:
@@ -196,7 +193,7 @@ def prepare(
     if not in_cluster:
         check_resources(spec, *_machine())
     try:
-        root = Storage.from_uri(storage or spec.storage or "runs/sweeps")
+        root = Storage.from_uri(storage or spec.storage or DEFAULT_STORAGE)
         root.check_writable()
     except StorageError as e:
         # say where the location came from: the flag, the sweep file, or the default
@@ -331,7 +328,7 @@ def run_sweep(
     # is the sweep's file from now on, even when there is nothing new to run
     prep.sweep_dir.write_bytes(prep.spec_text.encode(), SPEC_FILE)
     submission = {"source": str(spec.source), "base_dir": spec.base_dir, "submitted_at": datetime.now(UTC).isoformat()}
-    prep.sweep_dir.write_bytes(json.dumps(submission).encode(), "submission.json")
+    prep.sweep_dir.write_bytes(json.dumps(submission).encode(), SUBMISSION_FILE)
     if resume:
         left = _resume_plan(prep, progress)
         if left is None:
@@ -350,7 +347,7 @@ def run_sweep(
     from orchestration.plan.cells import make_plan
 
     plan = make_plan(spec, prep.cells if spec.search.algorithm != "tpe" else None, storage=prep.sweep_dir.uri.rsplit("/", 1)[0])
-    prep.sweep_dir.write_bytes(json.dumps(plan.to_dict(), default=str, indent=1).encode(), "plan.json")
+    prep.sweep_dir.write_bytes(json.dumps(plan.to_dict(), default=str, indent=1).encode(), PLAN_FILE)
     payload = _payload(prep)
     runs = _runs(prep.sweep_dir)
     reap_stale_ray(prep.sweep_dir)
@@ -537,8 +534,8 @@ def load_submitted(name: str, storage: str | None) -> Prepared:
         text = sweep_dir.read_bytes(SPEC_FILE).decode()
     except UnicodeDecodeError as e:
         raise StorageError(f"{sweep_dir.uri}/{SPEC_FILE}: not UTF-8 text") from e
-    submission = (load_json_bounded(sweep_dir.read_bytes("submission.json"), f"{sweep_dir.uri}/submission.json",
-                                    error=StorageError) if sweep_dir.exists("submission.json") else {})
+    submission = (load_json_bounded(sweep_dir.read_bytes(SUBMISSION_FILE), f"{sweep_dir.uri}/submission.json",
+                                    error=StorageError) if sweep_dir.exists(SUBMISSION_FILE) else {})
     submission = submission if isinstance(submission, dict) else {}
     source, base_dir = submission.get("source"), submission.get("base_dir")
     spec = parse_spec(text, source if isinstance(source, str) else f"{sweep_dir.uri}/{SPEC_FILE}",

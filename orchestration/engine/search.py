@@ -32,11 +32,11 @@ from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestration.spec.model import Choice, IntUniform, LogUniform, SweepSpec, Uniform
+from orchestration.store.layout import STUDY_FILE
 from orchestration.store.storage import Storage
 
 log = logging.getLogger(__name__)
 
-STUDY_FILE = "optuna.db"
 PRUNED = "__pruned__"
 
 

@@ -32,7 +32,6 @@ from orchestration.plan.trial import TrialConfig, digest, plain
 from orchestration.spec.checks import protocol_combinations
 from orchestration.spec.model import (
     AE_KEYS,
-    DEFAULT_STORAGE,
     METHODS,
     PROTOCOL_AXES,
     REGISTRY_SAMPLE_SHAPES,
@@ -41,6 +40,7 @@ from orchestration.spec.model import (
     is_data_file,
     problems_error,
 )
+from orchestration.store.layout import DEFAULT_STORAGE
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -25,7 +25,6 @@ from orchestration.plan.trial import Params, TrialConfig, plain
 from orchestration.spec.checks import net_fields, net_problem, protocol_problems
 from orchestration.spec.model import (
     AE_KEYS,
-    DEFAULT_STORAGE,
     REGISTRY_SAMPLE_SHAPES,
     SPACE_KEYS,
     Choice,
@@ -37,6 +36,7 @@ from orchestration.spec.model import (
     is_data_file,
     problems_error,
 )
+from orchestration.store.layout import DEFAULT_STORAGE
 
 if TYPE_CHECKING:
     from orchestration.plan.ablation import AblationPlan

@@ -62,7 +62,7 @@ def stored_spec(sweep_dir: Storage) -> SweepSpec | None:
     Raises:
         ConfigError: the stored ``spec.yaml`` cannot be read as a sweep file any more.
     """
-    from orchestration.engine.runner import SPEC_FILE
+    from orchestration.store.layout import SPEC_FILE
 
     if not sweep_dir.exists(SPEC_FILE):
         return None

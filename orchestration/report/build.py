@@ -430,7 +430,7 @@ def load_sweep(name: str, storage: str | None) -> SweepRecord:
 
     Raises StorageError: no sweep of that name (neither ``spec.yaml`` nor results), or an unreadable store.
     """
-    from orchestration.engine.runner import SPEC_FILE, sweep_location
+    from orchestration.store.layout import SPEC_FILE, sweep_location
 
     sweep_dir = sweep_location(name, storage)
     has_spec = sweep_dir.exists(SPEC_FILE)

@@ -77,9 +77,6 @@ REGISTRY_SAMPLE_SHAPES: dict[str, tuple[int, ...]] = {
 }
 
 
-#: Where sweeps live when neither the file nor the command line says (relative to the current directory).
-DEFAULT_STORAGE = "runs/sweeps"
-
 # Upper bounds of the numeric fields: far beyond any sensible value, low enough that a typo (or a
 # hostile file) is refused here, naming its field, rather than hours into a sweep. The optimiser's
 # and η's are the core's (deepsad.training; a test keeps them accepted there).
