@@ -52,6 +52,7 @@ unit: setup
 lint: setup
 	$(BIN)/ruff check deepsad orchestration tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest tests/infra -q
 
 bench: setup
