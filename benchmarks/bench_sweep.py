@@ -6,7 +6,7 @@ The trials are the digits grid of ``tests/orchestration/sweeps_helpers.small_spe
 one core). Figures, all medians over trials unless they are a single wall time:
 
 * back to back: ``deepsad.training.train`` on every trial's config, one after the other;
-* trainable without Ray: ``orchestration.jobs.trainable.execute`` on every trial in this process (result
+* trainable without Ray: ``orchestration.jobs.kinds.execute`` on every trial in this process (result
   and epoch rows, model bundle: the bookkeeping a sweep adds before Ray adds its own);
 * sweep: ``deepsad sweep submit`` in a subprocess (``--concurrency`` trials of 1 CPU each), from
   process start to exit, split with the times the sweep records (``submission.json``,
@@ -47,7 +47,8 @@ sys.path.insert(0, str(REPO))
 from deepsad.data.sources import load_dataset  # noqa: E402
 from deepsad.data.splits import make_split  # noqa: E402
 from deepsad.training import train  # noqa: E402
-from orchestration.jobs.trainable import RunContext, execute  # noqa: E402
+from orchestration.jobs.base import RunContext  # noqa: E402
+from orchestration.jobs.kinds import execute  # noqa: E402
 from orchestration.plan.cells import enumerate_cells  # noqa: E402
 from orchestration.spec.model import parse_spec  # noqa: E402
 from tests.orchestration.sweeps_helpers import TEST_ENV, rows, small_spec  # noqa: E402
@@ -102,7 +103,7 @@ class _NullReporter:
 
 
 def in_process_trainable(text: str, storage: Path) -> list[float]:
-    """Each cell run by ``orchestration.jobs.trainable.execute`` in this process (its result rows, epoch
+    """Each cell run by ``orchestration.jobs.kinds.execute`` in this process (its result rows, epoch
     rows and model bundle written to ``storage``, no Ray): the trainable's own bookkeeping."""
     cells = enumerate_cells(parse_spec(text, f"{NAME}.yaml"))
     ctx = RunContext(sweep=NAME, storage_uri=str(storage), checkpoint_interval_s=10.0)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from orchestration.store.layout import DEFAULT_STORAGE
+
+if TYPE_CHECKING:
+    from orchestration.engine.prepare import Prepared
 
 app = typer.Typer(help="Run hyperparameter sweeps of Deep SAD on Ray Tune.", no_args_is_help=True)
 results_app = typer.Typer(help="Inspect a sweep's results.", no_args_is_help=True)
@@ -55,8 +60,8 @@ def submit(
 ) -> None:
     """Validate SPEC and run it on a local Ray (started for you, on 127.0.0.1 only) or, with --address,
     on a Ray cluster (returns at once with the job id; --wait streams the driver's output)."""
+    from orchestration.engine.prepare import prepare
     from orchestration.engine.remote import resolve_address
-    from orchestration.engine.runner import prepare
     from orchestration.plan.cells import make_plan
 
     url = None if in_cluster else resolve_address(address)
@@ -82,9 +87,9 @@ def submit(
                    f"(they are skipped); to run: {len(prep.pending)}")
     res = shown.resources
     if res.bundle_size != 1 and prep.spec.ablation is None and prep.pending:
-        from orchestration.plan.bundles import make_bundles
+        from orchestration.jobs.kinds import plan_jobs
 
-        sizes = [len(b) for b in make_bundles(prep.pending, res.bundle_size, res.gpus_per_trial)]
+        sizes = [len(j.keys) for j in plan_jobs(prep.pending, res.bundle_size, res.gpus_per_trial)]
         typer.echo(f"  bundles: {len(sizes)} (of {min(sizes)}–{max(sizes)} trials each) trained as one process each")
     typer.echo(f"sweep directory: {prep.sweep_dir.uri}")
     if dry_run:
@@ -155,8 +160,8 @@ def resume(
     in_cluster: InClusterOpt = False,
 ) -> None:
     """Continue sweep NAME whose driver died or was interrupted (finished trials are not rerun)."""
+    from orchestration.engine.prepare import load_submitted
     from orchestration.engine.remote import resolve_address
-    from orchestration.engine.runner import load_submitted
 
     url = None if in_cluster else resolve_address(address)
     if url is None:
@@ -178,27 +183,27 @@ def resume(
     _after_submit(name, url, job_id, wait=wait)
 
 
-def _run(prep: object, *, resume: bool, in_cluster: bool = False) -> None:
+def _run(prep: Prepared, *, resume: bool, in_cluster: bool = False) -> None:
     from orchestration.engine.runner import run_sweep
 
     try:
-        summary = run_sweep(prep, resume=resume, progress=typer.echo, in_cluster=in_cluster)  # type: ignore[arg-type]
+        summary = run_sweep(prep, resume=resume, progress=typer.echo, in_cluster=in_cluster)
     except KeyboardInterrupt:
-        name = prep.spec.name  # type: ignore[attr-defined]
+        name = prep.spec.name
         typer.echo(f"\ninterrupted: finished trials are kept; continue with `deepsad sweep resume {name}`",
                    err=True)
         sys.exit(130)
     _print_summary(summary)
-    name = prep.spec.name  # type: ignore[attr-defined]
-    root = prep.sweep_dir.uri.rsplit("/", 1)[0]  # type: ignore[attr-defined]
-    where = "" if root.endswith("runs/sweeps") else f" --storage {root}"
+    name = prep.spec.name
+    root = prep.sweep_dir.uri.rsplit("/", 1)[0]
+    where = "" if root.endswith(DEFAULT_STORAGE) else f" --storage {root}"
     typer.echo(f"results: `deepsad results show {name}{where}` · status: `deepsad sweep status {name}{where}`")
 
 
-def _print_summary(summary: dict[str, object]) -> None:
+def _print_summary(summary: dict[str, Any]) -> None:
     by_status = summary.get("by_status", {})
-    parts = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))  # type: ignore[attr-defined]
-    saved = float(summary.get("ae_seconds_saved", 0.0) or 0.0)  # type: ignore[arg-type]
+    parts = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
+    saved = float(summary.get("ae_seconds_saved", 0.0) or 0.0)
     typer.echo(f"trials: {summary.get('trials', 0)} ({parts or 'none'}) · AE cache hits: "
                f"{summary.get('cache_hits', 0)} · pretraining compute saved: {saved:.1f} s")
 
@@ -208,8 +213,8 @@ def status(
     name: Annotated[str, typer.Argument(help="Sweep name.")], storage: StorageOpt = None, address: AddressOpt = None
 ) -> None:
     """A table of the sweep's trials and its progress (with --address: its Ray job's state first)."""
+    from orchestration.engine.prepare import load_submitted
     from orchestration.engine.remote import resolve_address
-    from orchestration.engine.runner import load_submitted
     from orchestration.report.tables import status_table
 
     url = resolve_address(address)
@@ -290,7 +295,7 @@ def show(
 ) -> None:
     """The sweep's trials from its Parquet store, best validation objective first."""
     from deepsad.errors import ConfigError
-    from orchestration.engine.runner import load_submitted
+    from orchestration.engine.prepare import load_submitted
     from orchestration.report.tables import results_output
 
     if fmt not in ("table", "csv", "json"):

@@ -7,9 +7,11 @@ a ``[done/total]`` prefix. It must stay picklable (Tune stores its callbacks wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -36,8 +38,8 @@ class ProgressPrinter(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         shown = {k: v for k, v in trial.config.items() if not k.startswith("__")}
-        if "cell" in shown or "bundle" in shown:
-            shown = {k: v for k, v in shown.items() if k in ("cell", "bundle")}
+        if "job" in shown:
+            shown = {"job": shown["job"]}
         self._say(f"start   {trial.trial_id} {_short(shown)}")
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
@@ -65,10 +67,22 @@ class ProgressPrinter(tune.Callback):
         self._say(f"{state:7} {trial.trial_id} {metrics}{hit}{best}")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        from orchestration.engine.runner import trial_error
-
         self.failed += 1
         self._say(f"failed  {trial.trial_id} {trial_error(trial)[:200]}")
 
     def __repr__(self) -> str:
         return f"ProgressPrinter({json.dumps({'total': self.total})})"
+
+
+def trial_error(trial: Any) -> str:
+    """The last line of a failed trial's error (its exception), read from the driver's local copy:
+    the copy in storage is synced later than the callbacks run."""
+    text = ""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        text = Path(path).read_text(errors="replace")
+    else:
+        with contextlib.suppress(Exception):
+            text = str(trial.get_error() or "")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Failure #")]
+    return (lines[-1] if lines else "trial failed")[:500]

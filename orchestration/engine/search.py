@@ -31,7 +31,8 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestration.spec.model import Choice, IntUniform, LogUniform, SweepSpec, Uniform
+from orchestration.plan.space import optuna_space
+from orchestration.spec.model import SweepSpec
 from orchestration.store.layout import STUDY_FILE
 from orchestration.store.storage import Storage
 
@@ -113,23 +114,6 @@ class SeedRepeater(Repeater):
                 self.searcher.on_trial_complete(group.primary_trial_id, result=None, error=True)
             else:
                 self.searcher.on_trial_complete(group.primary_trial_id, result=outcome, **kwargs)
-
-
-def optuna_space(spec: SweepSpec) -> dict[str, Any]:
-    """The sweep's search space as Optuna distributions."""
-    import optuna.distributions as od
-
-    space: dict[str, Any] = {}
-    for key, d in spec.search.space.items():
-        if isinstance(d, LogUniform):
-            space[key] = od.FloatDistribution(d.low, d.high, log=True)
-        elif isinstance(d, Uniform):
-            space[key] = od.FloatDistribution(d.low, d.high)
-        elif isinstance(d, IntUniform):
-            space[key] = od.IntDistribution(d.low, d.high)
-        elif isinstance(d, Choice):
-            space[key] = od.CategoricalDistribution(list(d.values))
-    return space
 
 
 def study_path(sweep_dir: Storage) -> Path:

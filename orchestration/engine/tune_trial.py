@@ -1,5 +1,5 @@
 """What runs inside a Ray Tune trial of a sweep: the payload every trial receives
-(:class:`SweepPayload`), the reporters that turn epochs into Tune or Ray Train reports and
+(:class:`SweepPayload`, which names each trial's job), the reporters that turn epochs into Tune or Ray Train reports and
 checkpoints, the AE-cache lock every trial reaches (a named actor holding a :class:`LockTable`), the
 trial function :func:`tune_trial` and the Ray Train worker of data-parallel trials. The driver side —
 submit, resume, the store callback — is :mod:`orchestration.engine.runner`.
@@ -12,18 +12,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchestration.engine.ray_session import LOCAL_MARKER
+from orchestration.jobs.base import Job, RunContext
 from orchestration.jobs.cache_lock import HeartbeatLock
+from orchestration.jobs.kinds import job_from_dict
+from orchestration.jobs.trial import TrialJob
 from orchestration.plan.cells import build_trial
-from orchestration.plan.trial import TrialConfig
 from orchestration.spec.model import SweepSpec, parse_spec
 from orchestration.store.storage import Storage
-
-if TYPE_CHECKING:
-    from orchestration.plan.ablation import AblationUnit
-
 
 # --------------------------------------------------------------------------- what every trial receives
 
@@ -37,34 +35,28 @@ class SweepPayload:
     spec_text: str
     source: str
     base_dir: str  # where relative paths in the spec are resolved (the submitting command's cwd)
-    cells: dict[str, dict[str, Any]] = field(default_factory=dict)  # grid/random: key -> TrialConfig dict
+    # planned jobs (grid/random trials, bundles, ablation units): job id -> Job.to_dict(); a Tune
+    # trial's config names its job ({"job": id}). tpe: none (the searcher suggests each trial's params)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock_name: str = ""
-    ablation: bool = False  # cells are AblationUnit dicts
-    bundles: dict[str, list[str]] = field(default_factory=dict)  # bundle id -> member keys (bundle_size > 1)
-    # Ray Train runs (workers_per_trial > 1) live under <sweep>/train: a stable location, so a retried
-    # or resumed trial finds its Train run again
 
     @property
     def spec(self) -> SweepSpec:
         return parse_spec(self.spec_text, self.source, base_dir=self.base_dir)
 
-    def unit_for(self, config: dict[str, Any]) -> AblationUnit:
-        """The ablation unit of one Tune trial."""
-        from orchestration.plan.ablation import AblationUnit
+    def job_for(self, config: dict[str, Any]) -> Job:
+        """The job of one Tune trial: a planned one, or (tpe) the trial the searcher suggested.
 
-        return AblationUnit.from_dict(self.cells[config["cell"]])
-
-    def trials_for(self, config: dict[str, Any]) -> list[TrialConfig]:
-        """The trial configurations of one Tune trial: one, or a bundle's members."""
-        if "bundle" in config:
-            return [TrialConfig.from_dict(self.cells[k]) for k in self.bundles[config["bundle"]]]
-        if "cell" in config:
-            return [TrialConfig.from_dict(self.cells[config["cell"]])]
+        Raises:
+            KeyError: a config of another run (no job of this payload).
+        """
+        if "job" in config:
+            return job_from_dict(self.jobs[config["job"]])
         spec = self.spec
         keys = [k for k, v in spec.search.space.model_dump().items() if v is not None]
         params = {k: config[k] for k in keys}
         seed = spec.seeds[int(config.get("__trial_index__", 0)) % len(spec.seeds)]
-        return [build_trial(spec, params, seed)]
+        return TrialJob(build_trial(spec, params, seed))
 
 
 # --------------------------------------------------------------------------- inside a trial
@@ -160,36 +152,22 @@ class RayCacheLock(HeartbeatLock):
 
 
 def tune_trial(config: dict[str, Any], payload: SweepPayload) -> None:
-    """The Tune trainable: one Tune trial = a list of trial configurations (of one, today)."""
+    """The Tune trainable: run the trial's job, in this process or on Ray Train workers."""
     from ray import tune
-
-    from orchestration.jobs.trainable import RunContext, execute
 
     spec = payload.spec
     ctx = RunContext(sweep=payload.name, storage_uri=payload.storage_uri,
                      trial_id=tune.get_context().get_trial_id(),
                      checkpoint_interval_s=spec.resources.checkpoint_interval_s)
-    if payload.ablation and config["cell"] in payload.bundles:  # ablation units trained as one bundle
-        from orchestration.jobs.bundle_run import run_units
-        from orchestration.plan.ablation import AblationUnit
-
-        units = [AblationUnit.from_dict(payload.cells[k]) for k in payload.bundles[config["cell"]]]
-        run_units(units, TuneReporter(), ctx, RayCacheLock(payload.lock_name))
-        return
-    if payload.ablation:  # one process per unit (the spec allows no Ray Train workers here)
-        from orchestration.jobs.trainable import execute_unit
-
-        execute_unit(payload.unit_for(config), TuneReporter(), ctx, lock=RayCacheLock(payload.lock_name))
-        return
-    trials = payload.trials_for(config)
+    job = payload.job_for(config)
     if spec.resources.workers_per_trial == 1:
-        execute(trials, TuneReporter(), ctx, lock=RayCacheLock(payload.lock_name))
+        job.run(TuneReporter(), ctx, RayCacheLock(payload.lock_name))
         return
-    _run_data_parallel(trials, ctx, payload, spec)
+    _run_data_parallel(job, ctx, payload, spec)
 
 
-def _run_data_parallel(trials: list[TrialConfig], ctx: Any, payload: SweepPayload, spec: SweepSpec) -> None:
-    """Run the trial on ``workers_per_trial`` Ray Train workers (gloo on CPU, NCCL on GPU)."""
+def _run_data_parallel(job: Job, ctx: RunContext, payload: SweepPayload, spec: SweepSpec) -> None:
+    """Run the job on ``workers_per_trial`` Ray Train workers (gloo on CPU, NCCL on GPU)."""
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -201,14 +179,13 @@ def _run_data_parallel(trials: list[TrialConfig], ctx: Any, payload: SweepPayloa
         per_worker["GPU"] = res.gpus_per_trial
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"trials": [t.to_dict() for t in trials], "ctx": ctx.__dict__,
-                           "lock": payload.lock_name},
+        train_loop_config={"job": job.to_dict(), "ctx": ctx.__dict__, "lock": payload.lock_name},
         torch_config=_torch_config("nccl" if res.gpus_per_trial else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=res.workers_per_trial,
                                                use_gpu=bool(res.gpus_per_trial), resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             # a stable name under a stable path: a retried or resumed trial finds its Train run again
-            name=f"train-{trials[0].key}",
+            name=f"train-{job.id}",
             storage_path=train_dir.root,
             storage_filesystem=train_dir.filesystem,
             failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
@@ -232,7 +209,4 @@ def _torch_config(backend: str) -> Any:
 
 
 def _train_worker(config: dict[str, Any]) -> None:
-    from orchestration.jobs.trainable import RunContext, execute
-
-    trials = [TrialConfig.from_dict(d) for d in config["trials"]]
-    execute(trials, TrainReporter(), RunContext(**config["ctx"]), lock=RayCacheLock(config["lock"]))
+    job_from_dict(config["job"]).run(TrainReporter(), RunContext(**config["ctx"]), RayCacheLock(config["lock"]))

@@ -11,8 +11,8 @@ reaches it through :class:`HeartbeatLock`):
   process dies the renewals stop and the lease runs out ``lease_s`` later.
 
 Whoever takes the lock must look into the cache again before training (the previous holder may have
-stored the entry between our miss and our acquire) — see ``orchestration.jobs.trainable._autoencoder`` and
-``orchestration.jobs.bundle_run._autoencoders``.
+stored the entry between our miss and our acquire) — see :func:`orchestration.jobs.autoencoder.cached_autoencoders`, the one routine for
+a trial and a bundle.
 
 The lease is :data:`DEFAULT_LEASE_S` unless ``DEEPSAD_AE_LOCK_LEASE_S`` says otherwise (read by the
 driver when it creates the table; tests shorten it below a pretraining's length).
@@ -95,7 +95,7 @@ Call = Callable[[str, str, str], Any]
 
 
 class HeartbeatLock:
-    """A :class:`~orchestration.jobs.trainable.CacheLock` over a :class:`LockTable` reached through ``call``,
+    """A :class:`~orchestration.jobs.base.CacheLock` over a :class:`LockTable` reached through ``call``,
     whose held leases are renewed by a heartbeat thread until released (see the module docstring).
 
     ``lease_s``: the table's lease; renewals come every quarter of it.

@@ -11,7 +11,8 @@ the training config) — a grown axis adds keys and changes none. Its rows:
 * policy ``tuned``: one row per inner training, keyed ``<key>-<i>`` (``inner_trial`` i), and the
   one chosen on validation marked ``selected`` at the end.
 
-A unit is *done* when its selected row is finished (:func:`done_units`); resubmits run the others.
+A unit is *done* when its selected row is finished (:meth:`orchestration.store.results.Ledger.done`);
+resubmits run the others. The units run as jobs (:mod:`orchestration.jobs.ablation`).
 Deep SAD and Deep SVDD of a cell share the AE key (pretraining ignores labels), so the AE cache
 trains their autoencoder once. Deep SVDD's η is fixed to 1 (with no labels it has no effect), so its
 key does not change with ``train.eta``.
@@ -43,10 +44,8 @@ from orchestration.spec.model import (
 from orchestration.store.layout import DEFAULT_STORAGE
 
 if TYPE_CHECKING:
-    import pyarrow as pa
 
-    from orchestration.store.results import ResultStore
-    from orchestration.store.storage import Storage
+    pass
 
 # Bump when the meaning of a unit key's inputs changes.
 ABLATION_KEY_VERSION = "deepsad-ablation-v1"
@@ -119,7 +118,7 @@ class AblationUnit:
                 "protocol": plain(asdict(self.trial.protocol)),
             }
         else:
-            identity = self.trial._identity()
+            identity = self.trial.identity()
         extra = {}
         if self.policy == "tuned":
             extra = {"budget": self.budget, "space": self.space, "objective": self.objective,
@@ -315,19 +314,13 @@ def _unit(base: TrialConfig, method: str, policy: str, axes: dict[str, Any], bud
 # --------------------------------------------------------------------------- checks before any trial
 
 
-def validate_ablation(spec: SweepSpec) -> list[AblationUnit]:
-    """Check every unit of an ablation without training: load each data set once, build every unit,
-    and draw every distinct split (data set × protocol × seed) to prove it feasible.
-
-    A split that cannot be drawn gives one line per axis value that caused it (the first cell's
-    message, and how many more cells fail the same way). Policy ``tuned`` also needs anomalies in
-    every validation part (its objective is undefined without them); ``fixed`` and the baselines do not.
+def _load_datasets(spec: SweepSpec) -> dict[str, Any]:
+    """Every data set the ablation uses, loaded once, by name.
 
     Raises:
-        ConfigError: one line per problem, ``<spec file>: <field>: <message>``.
+        ConfigError: one line per data set that cannot be loaded or has samples of the wrong shape.
     """
     from deepsad.data.sources import load_dataset
-    from deepsad.data.splits import make_split
 
     problems: list[Problem] = []
     data = {}
@@ -347,6 +340,24 @@ def validate_ablation(spec: SweepSpec) -> list[AblationUnit]:
             )
     if problems:
         raise problems_error(spec.source, problems)
+    return data
+
+
+def validate_ablation(spec: SweepSpec) -> list[AblationUnit]:
+    """Check every unit of an ablation without training: load each data set once, build every unit,
+    and draw every distinct split (data set × protocol × seed) to prove it feasible.
+
+    A split that cannot be drawn gives one line per axis value that caused it (the first cell's
+    message, and how many more cells fail the same way). Policy ``tuned`` also needs anomalies in
+    every validation part (its objective is undefined without them); ``fixed`` and the baselines do not.
+
+    Raises:
+        ConfigError: one line per problem, ``<spec file>: <field>: <message>``.
+    """
+    from deepsad.data.splits import make_split
+
+    data = _load_datasets(spec)
+    problems: list[Problem] = []
     expanded = _expand(spec, {k: v.sample_shape for k, v in data.items()})
     tuned = any(u.policy == "tuned" for _, u in expanded)
     splits = {(u.trial.dataset, u.trial.protocol): (cell, u) for cell, u in expanded}
@@ -380,70 +391,6 @@ def validate_ablation(spec: SweepSpec) -> list[AblationUnit]:
     if problems:
         raise problems_error(spec.source, problems)
     return [u for _, u in expanded]
-
-
-# --------------------------------------------------------------------------- done units
-
-
-def done_units(store: ResultStore) -> set[str]:
-    """Keys of the units whose selected row is finished (those a resubmit skips)."""
-    return units_done_in(store.trials())
-
-
-def units_done_in(table: pa.Table) -> set[str]:
-    """:func:`done_units` of a trials table already read."""
-    import pyarrow.compute as pc
-
-    if table.num_rows == 0:
-        return set()
-    mask = pc.and_(
-        pc.equal(table.column("status"), "finished"), pc.fill_null(table.column("selected"), False)
-    )
-    keys = table.filter(mask).column("trial_key").to_pylist()
-    return {str(k).split("-", 1)[0] for k in keys}
-
-
-def clear_unit_row(sweep_dir: Storage, unit: AblationUnit) -> None:
-    """Remove the unit-level row a failed attempt of a tuned unit left (its inner rows replace it)."""
-    if unit.policy == "tuned":
-        # the result store has no delete; its layout is one file per key (orchestration.store.results)
-        sweep_dir.child("results", "trials").delete(f"{unit.key}.parquet")
-
-
-def record_unit_end(sweep: str, sweep_dir: Storage, unit: AblationUnit, *, trial_id: str, status: str,
-                    error: str | None, last: Mapping[str, Any]) -> None:  # fmt: skip
-    """The row of a unit that ended without finishing (failed after its last retry, or stopped):
-    written under the unit's key unless the unit is done."""
-    from datetime import UTC, datetime
-
-    from orchestration.store.results import ResultStore
-
-    store = ResultStore(sweep_dir)
-    if unit.key in done_units_of(store, [unit]):
-        return
-    previous = store.row(unit.key) or {}
-    row = {**{k: v for k, v in previous.items() if v is not None}, **unit.columns(selected=unit.policy != "tuned"),
-           "sweep": sweep, "trial_key": unit.key, "trial_id": trial_id, "status": status, "error": error,
-           "params_json": json.dumps(unit.params, sort_keys=True), "finished_at": datetime.now(UTC)}  # fmt: skip
-    for k in ("val_auroc", "val_ap"):
-        if isinstance(last.get(k), float):
-            row[k] = last[k]
-    row.setdefault("attempt", 1)
-    store.write_trial(row)
-
-
-def done_units_of(store: ResultStore, units: Sequence[AblationUnit]) -> set[str]:
-    """Of ``units``, the keys of those that are done; reads only their own rows (a driver callback
-    calls it once per finished trial, so it must not read the whole table)."""
-    out = set()
-    for unit in units:
-        inner = [None] if unit.policy != "tuned" else list(range(unit.budget))
-        for i in inner:
-            row = store.row(unit.row_key(i))
-            if row is not None and row.get("status") == "finished" and row.get("selected"):
-                out.add(unit.key)
-                break
-    return out
 
 
 # --------------------------------------------------------------------------- the dry-run summary

@@ -93,7 +93,7 @@ class TrialConfig:
             raise ConfigError(f"trial: data_dir must be absolute (got {self.data_dir!r})")
         object.__setattr__(self, "params", dict(self.params))
 
-    def _identity(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
         train = self.train.to_dict()
         del train["device"]  # the device changes where a trial runs, not what it computes
         return {"dataset": self.dataset, "protocol": plain(asdict(self.protocol)), "train": train}
@@ -101,7 +101,7 @@ class TrialConfig:
     @cached_property  # every input is frozen; a trial reports (and names its rows by) it every epoch
     def key(self) -> str:
         """The trial key: 16 hex chars of sha256 over the data set, protocol and training config."""
-        return digest({"version": TRIAL_KEY_VERSION, **self._identity()})
+        return digest({"version": TRIAL_KEY_VERSION, **self.identity()})
 
     @property
     def ae_key(self) -> str | None:

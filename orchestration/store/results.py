@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import os
 import re
 import subprocess
@@ -425,6 +426,139 @@ class ResultStore:
             "ae_seconds_saved": total("ae_seconds_saved"),
             "total_seconds": total("total_seconds"),
         }
+
+
+    def delete_trial(self, trial_key: str) -> None:
+        """Remove the row of ``trial_key`` (only :meth:`RowWriter.delete` calls this: a tuned ablation
+        unit's failed unit-level row, replaced by its inner rows). Its epochs stay."""
+        self._trials.delete(f"{check_trial_key(trial_key)}.parquet")
+
+    def ledger(self) -> Ledger:
+        """What the rows say about every key, read once (see :class:`Ledger`)."""
+        t = self._read(self._trials, TRIAL_SCHEMA, columns=["trial_key", "status", "selected"]).table
+        keys, statuses = t.column("trial_key").to_pylist(), t.column("status").to_pylist()
+        done = {str(k).split("-", 1)[0] for k, s, sel in zip(keys, statuses, t.column("selected").to_pylist(),
+                                                             strict=True) if s == "finished" and sel is not False}
+        return Ledger(dict(zip(keys, statuses, strict=True)), frozenset(done))
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """The state of a sweep's work by key, from one read of the trial rows.
+
+    ``done``: keys whose work is finished — a row ``<key>`` that finished, or, for an ablation unit of
+    policy tuned, an inner row ``<key>-<i>`` that finished and was selected (a finished row marked
+    ``selected: false`` is an inner training that was not chosen, and does not count).
+    """
+
+    status: Mapping[str, str]
+    done: frozenset[str]
+
+    def settled(self, key: str) -> bool:
+        """Done, or ended without finishing (failed, stopped): resume leaves it alone (a resubmit runs
+        failed ones again). Rowless, ``running`` and unreadable rows are not settled."""
+        return key in self.done or self.status.get(key) not in (None, "running")
+
+
+@dataclass
+class Attempt:
+    """One run of the trial ``key``: its number and the columns every row of this run repeats."""
+
+    key: str
+    number: int
+    base: dict[str, Any]
+    t0: float
+
+
+class RowWriter:
+    """The only code that builds and writes result rows (jobs in a trial, the driver's callback).
+
+    A trial's rows go ``start`` (``running``) → ``epochs`` (the whole history, rewritten at each
+    checkpoint) → ``finish`` or ``fail``; the driver writes ``end`` for a trial that could not write its
+    own (failed after its last retry, stopped by the scheduler). Attempt numbers count runs of a key:
+    each ``start`` after an earlier row of the key adds one. Every write replaces the key's row, so
+    retries and resumes never duplicate one.
+    """
+
+    def __init__(self, storage: Storage, sweep: str, trial_id: str = "local") -> None:
+        self.store = ResultStore(storage)
+        self.sweep, self.trial_id = sweep, trial_id
+
+    def row(self, key: str) -> dict[str, Any] | None:
+        return self.store.row(key)
+
+    def finished(self, key: str) -> dict[str, Any] | None:
+        """The key's row if it finished (a resubmit or resume never trains it again), else None."""
+        row = self.store.row(key)
+        return row if row is not None and row.get("status") == "finished" else None
+
+    def start(self, key: str, columns: Mapping[str, Any], *, params: Mapping[str, Any] | None = None,
+              workers: int = 1, write: bool = True) -> Attempt:
+        """Begin a run of ``key`` (attempt = the last row's + 1) and, if ``write``, record it ``running``.
+
+        ``columns``: the configuration columns; ``params``: the searched values (``params_json``).
+        ``write`` False: a data-parallel rank other than 0 (it never writes)."""
+        previous = self.store.row(key) or {}
+        number = int(previous["attempt"]) + 1 if previous.get("attempt") else 1
+        base: dict[str, Any] = {
+            "sweep": self.sweep, "trial_key": key, "trial_id": self.trial_id, "attempt": number,
+            "code_version": code_version(), "workers": workers, **columns,
+            **({"params_json": json.dumps(dict(params), sort_keys=True)} if params is not None else {}),
+            "started_at": dt.datetime.now(dt.UTC),
+        }
+        if write:
+            self.store.write_trial({**base, "status": "running"})
+        return Attempt(key, number, base, time.perf_counter())
+
+    def epochs(self, attempt: Attempt, reports: Sequence[Any]) -> None:
+        """The run's whole epoch history so far (objects with ``to_dict()``: EpochReport)."""
+        self.store.write_epochs(attempt.key, [{"trial_key": attempt.key, "attempt": attempt.number, **r.to_dict()}
+                                              for r in reports])
+
+    def finish(self, attempt: Attempt, outcome: Mapping[str, Any]) -> dict[str, Any]:
+        """Record the run finished with ``outcome`` (metrics, fingerprint, cache columns, ...)."""
+        row = {**attempt.base, **outcome, "status": "finished",
+               "total_seconds": time.perf_counter() - attempt.t0, "finished_at": dt.datetime.now(dt.UTC)}
+        self.store.write_trial(row)
+        return row
+
+    def fail(self, attempt: Attempt, error: str, outcome: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Record the run failed (e.g. a bundle member that diverged: it fails alone)."""
+        row = {**attempt.base, **(outcome or {}), "status": "failed", "error": error,
+               "finished_at": dt.datetime.now(dt.UTC)}
+        self.store.write_trial(row)
+        return row
+
+    def end(self, key: str, status: str, error: str | None, *, columns: Mapping[str, Any] | None = None,
+            params: Mapping[str, Any] | None = None, last: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Record a run that ended without writing its own outcome: ``failed`` (after its last retry, or
+        an inner training of a tuned unit) or ``stopped`` (by the scheduler). The key's last row is kept
+        where this adds nothing; ``last`` (the run's last report) gives its latest validation metrics."""
+        previous = self.store.row(key) or {}
+        row: dict[str, Any] = {**{k: v for k, v in previous.items() if v is not None}, **(columns or {}),
+                               "sweep": self.sweep, "trial_key": key, "trial_id": self.trial_id, "status": status,
+                               "error": error[:500] if error else error, "finished_at": dt.datetime.now(dt.UTC)}
+        if params is not None:
+            row["params_json"] = json.dumps(dict(params), sort_keys=True)
+        last = last or {}
+        for k in ("val_auroc", "val_ap"):
+            if isinstance(last.get(k), float):
+                row[k] = last[k]
+        if isinstance(last.get("epoch"), int):
+            row["epochs_done"] = last["epoch"]
+        row.setdefault("attempt", 1)
+        self.store.write_trial(row)
+        return row
+
+    def select(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """Mark ``row`` the one chosen on validation (a tuned ablation unit's inner training)."""
+        chosen = {**row, "selected": True}
+        self.store.write_trial(chosen)
+        return chosen
+
+    def delete(self, key: str) -> None:
+        """Remove the row of ``key`` (a tuned unit's failed unit-level row, once its inner rows stand)."""
+        self.store.delete_trial(key)
 
 
 @dataclass(frozen=True)

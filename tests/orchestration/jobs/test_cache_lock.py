@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 
 from deepsad.errors import ConfigError
-from orchestration.jobs import bundle_run, trainable
+from orchestration.jobs import bundle, trial
+from orchestration.jobs.base import RunContext
 from orchestration.jobs.cache_lock import LEASE_ENV, HeartbeatLock, LockTable, lease_seconds
-from orchestration.jobs.trainable import RunContext, execute
+from orchestration.jobs.kinds import execute
 from orchestration.store.results import ResultStore
 from orchestration.store.storage import Storage
-from tests.orchestration.jobs.test_bundle_run import trials as bundle_trials
-from tests.orchestration.jobs.test_trainable import SWEEP, FakeReporter
+from tests.orchestration.jobs.test_bundle import trials as bundle_trials
+from tests.orchestration.jobs.test_trial import SWEEP, FakeReporter
 
 LEASE = 1.0
 DEADLINE_S = 120.0
@@ -156,7 +157,7 @@ def test_two_overlapping_trials_train_one_autoencoder_though_pretraining_outlast
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     timeline = Timeline()
-    _hold_first_pretraining(monkeypatch, timeline, trainable, "pretrain")
+    _hold_first_pretraining(monkeypatch, timeline, trial, "pretrain")
     a, b = bundle_trials([0.5, 2.0])  # eta does not change the autoencoder: one AE key
     assert a.ae_key == b.ae_key
     rows = _run_two(tmp_path, {"A": [a], "B": [b]}, timeline)
@@ -168,7 +169,7 @@ def test_two_overlapping_bundles_train_one_autoencoder_though_pretraining_outlas
 ) -> None:
     """The bundle path pretrains without epoch callbacks: only the heartbeat keeps its lease."""
     timeline = Timeline()
-    _hold_first_pretraining(monkeypatch, timeline, bundle_run, "pretrain_bundle")
+    _hold_first_pretraining(monkeypatch, timeline, bundle, "pretrain_bundle")
     ts = bundle_trials([0.5, 1.0, 2.0, 4.0])
     rows = _run_two(tmp_path, {"A": ts[:2], "B": ts[2:]}, timeline)
     _assert_one_trained_while_the_other_waited(timeline, rows)

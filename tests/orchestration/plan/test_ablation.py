@@ -1,5 +1,5 @@
 """Ablation sweeps without Ray: the ``ablation:`` section, its cells and keys, the checks before any
-trial, and each method and policy run through :func:`orchestration.jobs.trainable.execute_unit` on
+trial, and each method and policy run through :func:`orchestration.jobs.kinds.execute_unit` on
 scikit-learn's digits (a training is a fraction of a second)."""
 
 from __future__ import annotations
@@ -16,26 +16,43 @@ import yaml
 from deepsad.data.splits import SemiSupervisedSplit, make_split
 from deepsad.errors import ConfigError
 from orchestration.jobs import faults
-from orchestration.jobs.trainable import RunContext, execute_unit, without_labels
+from orchestration.jobs.ablation import unit_job
+from orchestration.jobs.base import RunContext, without_labels
+from orchestration.jobs.kinds import execute_unit
 from orchestration.plan.ablation import (
     AblationPlan,
     AblationUnit,
     ablation_plan,
-    clear_unit_row,
-    done_units,
-    done_units_of,
     expand_units,
-    record_unit_end,
     validate_ablation,
 )
 from orchestration.plan.cells import make_plan
 from orchestration.spec.model import SweepSpec, parse_spec
-from orchestration.store.results import ResultStore
+from orchestration.store.results import ResultStore, RowWriter
 from orchestration.store.storage import Storage
 from tests.conftest import REPO
-from tests.orchestration.jobs.test_trainable import FakeReporter
+from tests.orchestration.jobs.test_trial import FakeReporter
 
 SOURCE = "abl.yaml"
+
+
+def done_units(store: ResultStore) -> set[str]:
+    """Keys of the units whose selected row is finished (the store's ledger)."""
+    return set(store.ledger().done)
+
+
+def done_units_of(store: ResultStore, units: list[AblationUnit]) -> set[str]:
+    return {u.key for u in units} & done_units(store)
+
+
+def record_unit_end(sweep: str, sweep_dir: Storage, unit: AblationUnit, *, trial_id: str, status: str,
+                    error: str | None, last: dict[str, Any]) -> None:
+    """What the driver's store callback does for a unit's Tune trial that ended without its row."""
+    unit_job(unit).record_end(RowWriter(sweep_dir, sweep, trial_id), status, error, last)
+
+
+def clear_unit_row(sweep_dir: Storage, unit: AblationUnit) -> None:
+    RowWriter(sweep_dir, "abl").delete(unit.key)
 
 
 def spec_dict(**ablation: Any) -> dict[str, Any]:
@@ -329,7 +346,8 @@ def test_a_finished_unit_is_not_run_again(
         raise AssertionError("a finished unit was run again")
 
     for name in ("make_split", "pretrain", "finetune"):
-        monkeypatch.setattr(f"orchestration.jobs.trainable.{name}", no_training)
+        monkeypatch.setattr(f"orchestration.jobs.trial.{name}", no_training)
+    monkeypatch.setattr("orchestration.jobs.ablation.make_split", no_training)
     for u, r in zip(units, rows, strict=True):
         reporter = FakeReporter(tmp_path)
         (again,) = execute_unit(u, reporter, context(root))
@@ -396,7 +414,7 @@ def test_nested_tuning_chooses_on_validation_and_never_sees_test_data(
     told_clean = list(told)
 
     real_split = make_split
-    monkeypatch.setattr("orchestration.jobs.trainable.make_split", lambda *a: _corrupt_test(real_split(*a)))
+    monkeypatch.setattr("orchestration.jobs.trial.make_split", lambda *a: _corrupt_test(real_split(*a)))
     told.clear()
     corrupt = execute_unit(unit, FakeReporter(tmp_path / "b"), context(tmp_path / "corrupt"))
 

@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestration.jobs.trainable import RunContext, execute
+from orchestration.jobs.base import RunContext
+from orchestration.jobs.kinds import execute
 from orchestration.plan.cells import enumerate_cells
 from orchestration.spec.model import parse_spec
 from orchestration.store.results import ResultStore
 from orchestration.store.storage import Storage
-from tests.orchestration.jobs.test_trainable import FakeReporter
+from tests.orchestration.jobs.test_trial import FakeReporter
 from tests.orchestration.sweeps_helpers import cli, rows, small_spec, write_spec
 
 NAME = "bad"

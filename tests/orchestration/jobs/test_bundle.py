@@ -12,7 +12,8 @@ import yaml
 
 from deepsad.bundle import BundleState
 from orchestration.jobs import faults
-from orchestration.jobs.trainable import RunContext, execute
+from orchestration.jobs.base import RunContext
+from orchestration.jobs.kinds import execute
 from orchestration.plan.bundles import CPU_AUTO, auto_size, bundle_id, make_bundles
 from orchestration.plan.cells import build_trial
 from orchestration.plan.trial import TrialConfig

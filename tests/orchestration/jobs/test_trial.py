@@ -1,4 +1,4 @@
-"""`orchestration.jobs.trainable.execute` without Ray: a fake reporter, a fake lock, local storage.
+"""`orchestration.jobs.kinds.execute` without Ray: a fake reporter, a fake lock, local storage.
 
 One trial on scikit-learn's digits (the grid of ``sweeps_helpers.small_spec``: 4 AE + 6 Deep SAD
 epochs, about a second) runs once per module; the other tests run its neighbours against it.
@@ -21,7 +21,8 @@ from deepsad.model import DeepSADModel
 from deepsad.networks import build_autoencoder
 from deepsad.training import TrainState
 from orchestration.jobs import faults
-from orchestration.jobs.trainable import RunContext, execute
+from orchestration.jobs.base import RunContext
+from orchestration.jobs.kinds import execute
 from orchestration.plan.cells import build_trial
 from orchestration.plan.trial import TrialConfig
 from orchestration.spec.model import parse_spec
@@ -35,7 +36,7 @@ SWEEP = "unit"
 
 @dataclass
 class FakeReporter:
-    """An in-memory :class:`orchestration.jobs.trainable.Reporter` of one process (rank 0 of 1).
+    """An in-memory :class:`orchestration.jobs.base.Reporter` of one process (rank 0 of 1).
 
     Snapshots are saved to disk at once, as the Tune reporter does, so that a later epoch cannot
     change an earlier snapshot's tensors in place.
@@ -127,7 +128,7 @@ def test_a_finished_trial_is_skipped_and_reports_its_stored_metrics(
         raise AssertionError("a finished trial was trained again")
 
     for name in ("make_split", "pretrain", "finetune"):
-        monkeypatch.setattr(f"orchestration.jobs.trainable.{name}", no_training)
+        monkeypatch.setattr(f"orchestration.jobs.trial.{name}", no_training)
     reporter = FakeReporter(tmp_path)
     (row,) = execute([first.trial], reporter, context(first.storage))
     (report,) = reporter.metrics
