@@ -30,8 +30,10 @@ from orchestration.spec.model import (
     Choice,
     IntUniform,
     LogUniform,
+    PretrainSpec,
     Problem,
     SweepSpec,
+    TrainSpec,
     Uniform,
     is_data_file,
     problems_error,
@@ -39,6 +41,7 @@ from orchestration.spec.model import (
 from orchestration.store.layout import DEFAULT_STORAGE
 
 if TYPE_CHECKING:
+    from deepsad.training import OptimConfig
     from orchestration.plan.ablation import AblationPlan
 
 # --------------------------------------------------------------------------- spec → trials
@@ -111,7 +114,7 @@ def build_trial(
     """
     from deepsad.data.splits import Protocol
     from deepsad.networks import NetConfig
-    from deepsad.training import OptimConfig, TrainConfig
+    from deepsad.training import TrainConfig
 
     unknown = [k for k in params if k not in SPACE_KEYS]
     if unknown:
@@ -134,24 +137,9 @@ def build_trial(
     except ConfigError as e:
         problems.append(net_problem(str(e), "search.space.rep_dim" if "rep_dim" in value else "net.rep_dim"))
     t = spec.train
-    try:
-        sad = OptimConfig(
-            lr=float(value.get("lr", t.lr)), epochs=t.epochs, milestones=tuple(t.milestones),
-            batch_size=t.batch_size, weight_decay=float(value.get("weight_decay", t.weight_decay)),
-        )  # fmt: skip
-    except ConfigError as e:
-        key = str(e).partition(":")[0]
-        problems.append(_core_field(str(e), key in value, key, "train"))
+    sad = _optimiser(t, "train", value, problems)
     if spec.pretrain is not None:
-        a = spec.pretrain
-        try:
-            ae = OptimConfig(
-                lr=float(value.get("ae_lr", a.lr)), epochs=a.epochs, milestones=tuple(a.milestones),
-                batch_size=a.batch_size, weight_decay=float(value.get("ae_weight_decay", a.weight_decay)),
-            )  # fmt: skip
-        except ConfigError as e:
-            key = "ae_" + str(e).partition(":")[0]
-            problems.append(_core_field(str(e), key in value, key, "pretrain"))
+        ae = _optimiser(spec.pretrain, "pretrain", value, problems)
     eta = float(value.get("eta", t.eta))
     if problems or protocol is None or net is None or sad is None:
         raise problems_error(spec.source, problems)
@@ -163,6 +151,27 @@ def build_trial(
     except ConfigError as e:
         raise problems_error(spec.source, [_core_field(str(e), "eta" in value, "eta", "train")]) from e
     return TrialConfig(dataset, data_dir, protocol, train, value, seed, t.device)
+
+
+def _optimiser(
+    section: TrainSpec | PretrainSpec, name: str, value: Params, problems: list[Problem]
+) -> OptimConfig | None:
+    """The optimiser of the spec section ``name`` (``train``: Deep SAD's, ``pretrain``: the autoencoder's)
+    with the searched values put in (``lr``/``ae_lr``, ``weight_decay``/``ae_weight_decay``); None when
+    invalid, its problem added to ``problems``."""
+    from deepsad.training import OptimConfig
+
+    prefix = "ae_" if name == "pretrain" else ""
+    try:
+        return OptimConfig(
+            lr=float(value.get(f"{prefix}lr", section.lr)), epochs=section.epochs,
+            milestones=tuple(section.milestones), batch_size=section.batch_size,
+            weight_decay=float(value.get(f"{prefix}weight_decay", section.weight_decay)),
+        )  # fmt: skip
+    except ConfigError as e:
+        key = prefix + str(e).partition(":")[0]
+        problems.append(_core_field(str(e), key in value, key, name))
+        return None
 
 
 def typed_params(params: Mapping[str, float | int]) -> Params:

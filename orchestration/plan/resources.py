@@ -122,6 +122,37 @@ def accelerator(cluster: Mapping[str, float]) -> str | None:
     return kinds[0] if len(kinds) == 1 else None
 
 
+@dataclass(frozen=True)
+class _Sizing:
+    """What :func:`resolve` sizes from: the cluster, one GPU's memory, and the sweep's constraints."""
+
+    cpus: float
+    gpus: int  # whole GPUs
+    memory: float  # bytes of one GPU (GPU_MEMORY_DEFAULT_GB when unknown)
+    memory_note: str  # that memory for the reasons ("141 GB", or "... assumed (set ...)")
+    device: str  # train.device
+    no_bundle: str | None  # why_no_bundles(spec)
+    member_bytes: int | None
+    n_bundled: int | None
+    label: str
+
+
+def _sizing(spec: SweepSpec, cluster: Mapping[str, float], gpu_memory_gb: float | None,
+            member_bytes: int | None, n_bundled: int | None, label: str) -> _Sizing:
+    return _Sizing(
+        cpus=max(float(cluster.get("CPU", 0)), 0.0),
+        gpus=math.floor(float(cluster.get("GPU", 0)) + 1e-9),
+        memory=(gpu_memory_gb if gpu_memory_gb is not None else GPU_MEMORY_DEFAULT_GB) * 1e9,
+        memory_note=(f"{gpu_memory_gb:g} GB" if gpu_memory_gb is not None
+                     else f"{GPU_MEMORY_DEFAULT_GB:g} GB assumed (set DEEPSAD_GPU_MEMORY_GB)"),
+        device=spec.train.device if spec.train is not None else "auto",
+        no_bundle=why_no_bundles(spec),
+        member_bytes=member_bytes,
+        n_bundled=n_bundled,
+        label=label,
+    )
+
+
 def resolve(
     spec: SweepSpec,
     cluster: Mapping[str, float],
@@ -142,90 +173,91 @@ def resolve(
         label: where the numbers come from, for the reasons.
     """
     r = spec.resources
-    cpus = max(float(cluster.get("CPU", 0)), 0.0)
-    gpus = math.floor(float(cluster.get("GPU", 0)) + 1e-9)
-    memory = (gpu_memory_gb if gpu_memory_gb is not None else GPU_MEMORY_DEFAULT_GB) * 1e9
-    memory_note = (f"{gpu_memory_gb:g} GB" if gpu_memory_gb is not None
-                   else f"{GPU_MEMORY_DEFAULT_GB:g} GB assumed (set DEEPSAD_GPU_MEMORY_GB)")
-    device = spec.train.device if spec.train is not None else "auto"
-    no_bundle = why_no_bundles(spec)
-    reasons: dict[str, str] = {}
-    values: dict[str, Any] = {}
+    s = _sizing(spec, cluster, gpu_memory_gb, member_bytes, n_bundled, label)
+    # Each field is sized from the ones before it (AUTO_FIELDS order); a reason of None: kept as written.
+    g, why_g = _gpus_per_trial(r, s)
+    slots_gpu = math.floor(s.gpus / g + 1e-9) if g > 0 else None  # trials the GPUs hold at once
+    k, why_k = _bundle_size(r, s, g, slots_gpu)
+    c, why_c = _cpus_per_trial(r, s, g, k, slots_gpu)
+    n, why_n = _max_concurrent_trials(r, s, g, c)
+    chosen: dict[str, tuple[float | int, str | None]] = {
+        "gpus_per_trial": (g, why_g), "bundle_size": (k, why_k),
+        "cpus_per_trial": (c, why_c), "max_concurrent_trials": (n, why_n),
+    }  # fmt: skip
+    resolved = r.model_copy(update={key: v for key, (v, why) in chosen.items() if why is not None})
+    reasons = {key: why for key, (_, why) in chosen.items() if why is not None}
+    return Resolution(resolved, reasons, where_text(label, cluster, gpu_memory_gb))
 
-    # gpus_per_trial
-    g: float
+
+def _gpus_per_trial(r: ResourcesSpec, s: _Sizing) -> tuple[float, str | None]:
+    """0 without a GPU (or with ``train.device: cpu``); 1 per bundle; else a share ``1/n`` of a GPU."""
     if r.gpus_per_trial != "auto":
-        g = float(r.gpus_per_trial)
-    elif device == "cpu":
-        g, reasons["gpus_per_trial"] = 0.0, "train.device is cpu"
-    elif gpus < 1:
-        if device == "cuda":
-            g, reasons["gpus_per_trial"] = 1.0, f"train.device is cuda, but {label} has no GPU"
-        else:
-            g, reasons["gpus_per_trial"] = 0.0, f"{label} has no GPU"
-    elif no_bundle is None and r.bundle_size != 1:
-        g, reasons["gpus_per_trial"] = 1.0, "one bundle per GPU"
-    else:
-        n = max(1, min(MAX_TRIALS_PER_GPU, math.floor(cpus / gpus + 1e-9)))
-        why = f"{n} single trials share a GPU ({amount(cpus / gpus, 'CPU')} per GPU, at most {MAX_TRIALS_PER_GPU})"
-        if member_bytes is not None:
-            fit = max(1, int(memory * GPU_MEMORY_FRACTION // (member_bytes + CUDA_CONTEXT_BYTES)))
-            if fit < n:
-                n, why = fit, f"{fit} single trials fit in {GPU_MEMORY_FRACTION:.0%} of a GPU's memory ({memory_note})"
-        g = math.floor(10_000 / n) / 10_000  # Ray's GPU fractions have 4 decimals: n of them fit in 1
-        reasons["gpus_per_trial"] = why
-    values["gpus_per_trial"] = g
-    slots_gpu = math.floor(gpus / g + 1e-9) if g > 0 else None  # trials the GPUs hold at once
+        return float(r.gpus_per_trial), None
+    if s.device == "cpu":
+        return 0.0, "train.device is cpu"
+    if s.gpus < 1:
+        if s.device == "cuda":
+            return 1.0, f"train.device is cuda, but {s.label} has no GPU"
+        return 0.0, f"{s.label} has no GPU"
+    if s.no_bundle is None and r.bundle_size != 1:
+        return 1.0, "one bundle per GPU"
+    n = max(1, min(MAX_TRIALS_PER_GPU, math.floor(s.cpus / s.gpus + 1e-9)))
+    per_gpu = amount(s.cpus / s.gpus, "CPU")
+    why = f"{n} single trials share a GPU ({per_gpu} per GPU, at most {MAX_TRIALS_PER_GPU})"
+    if s.member_bytes is not None:
+        fit = max(1, int(s.memory * GPU_MEMORY_FRACTION // (s.member_bytes + CUDA_CONTEXT_BYTES)))
+        if fit < n:
+            n = fit
+            why = f"{fit} single trials fit in {GPU_MEMORY_FRACTION:.0%} of a GPU's memory ({s.memory_note})"
+    return math.floor(10_000 / n) / 10_000, why  # Ray's GPU fractions have 4 decimals: n of them fit in 1
 
-    # bundle_size
-    k: int
+
+def _bundle_size(r: ResourcesSpec, s: _Sizing, g: float, slots_gpu: int | None) -> tuple[int, str | None]:
+    """1 where trials cannot be bundled; on a GPU what fits in its memory, spread over the GPU slots;
+    on CPUs :data:`CPU_AUTO`."""
     if r.bundle_size != "auto":
-        k = int(r.bundle_size)
-    elif no_bundle is not None:
-        k, reasons["bundle_size"] = 1, no_bundle
-    elif g > 0 and device != "cpu":
-        per = member_bytes if member_bytes is not None else 0
-        k = fit_in_gpu(per, memory, g) if per else MAX_BUNDLE
-        why = (f"{k} members fit in {GPU_MEMORY_FRACTION:.0%} of {amount(min(g, 1.0), 'GPU')} ({memory_note}; "
-               f"{per / 1e6:.0f} MB per member, at most {MAX_BUNDLE})" if per else f"at most {MAX_BUNDLE}")
-        slots = slots_gpu if r.max_concurrent_trials == "auto" else min(slots_gpu or 1, int(r.max_concurrent_trials))
-        if n_bundled and slots and math.ceil(n_bundled / slots) < k:
-            k = max(1, math.ceil(n_bundled / slots))
-            why += (f"; {n_bundled} bundled trials over {amount(slots, 'GPU slot')}: at most {k} each"
-                    if slots > 1 else f"; the sweep bundles {n_bundled} trials")
-        k, reasons["bundle_size"] = k, why
-    else:
-        k, reasons["bundle_size"] = CPU_AUTO, (f"{CPU_AUTO} members on CPU worker threads (about 1.5× the "
-                                               "throughput of separate runs)")
-    values["bundle_size"] = k
+        return int(r.bundle_size), None
+    if s.no_bundle is not None:
+        return 1, s.no_bundle
+    if g <= 0 or s.device == "cpu":
+        return CPU_AUTO, (f"{CPU_AUTO} members on CPU worker threads (about 1.5× the "
+                          "throughput of separate runs)")
+    per = s.member_bytes if s.member_bytes is not None else 0
+    k = fit_in_gpu(per, s.memory, g) if per else MAX_BUNDLE
+    why = (f"{k} members fit in {GPU_MEMORY_FRACTION:.0%} of {amount(min(g, 1.0), 'GPU')} ({s.memory_note}; "
+           f"{per / 1e6:.0f} MB per member, at most {MAX_BUNDLE})" if per else f"at most {MAX_BUNDLE}")
+    slots = (slots_gpu if r.max_concurrent_trials == "auto"
+             else min(slots_gpu or 1, int(r.max_concurrent_trials)))  # GPU slots this sweep may fill
+    if s.n_bundled and slots and math.ceil(s.n_bundled / slots) < k:
+        k = max(1, math.ceil(s.n_bundled / slots))
+        why += (f"; {s.n_bundled} bundled trials over {amount(slots, 'GPU slot')}: at most {k} each"
+                if slots > 1 else f"; the sweep bundles {s.n_bundled} trials")
+    return k, why
 
-    # cpus_per_trial
-    c: float
+
+def _cpus_per_trial(r: ResourcesSpec, s: _Sizing, g: float, k: int,
+                    slots_gpu: int | None) -> tuple[float, str | None]:
+    """The CPUs per GPU slot on GPUs; on CPUs min(CPUs, K) for a bundle and 1 for a single trial."""
     if r.cpus_per_trial != "auto":
-        c = float(r.cpus_per_trial)
-    elif g > 0 and gpus >= 1 and slots_gpu:
-        c = float(max(1, math.floor(cpus / slots_gpu + 1e-9)))
-        reasons["cpus_per_trial"] = f"{amount(cpus, 'CPU')} over {amount(slots_gpu, 'GPU slot')}"
-    elif k > 1:
-        c = float(max(1, min(math.floor(cpus + 1e-9), k)))
-        reasons["cpus_per_trial"] = f"a CPU bundle runs its {k} members on min({k}, its CPUs) threads"
-    else:
-        c, reasons["cpus_per_trial"] = 1.0, "one CPU per single trial"
-    values["cpus_per_trial"] = c
+        return float(r.cpus_per_trial), None
+    if g > 0 and s.gpus >= 1 and slots_gpu:
+        return float(max(1, math.floor(s.cpus / slots_gpu + 1e-9))), (
+            f"{amount(s.cpus, 'CPU')} over {amount(slots_gpu, 'GPU slot')}")
+    if k > 1:
+        return float(max(1, min(math.floor(s.cpus + 1e-9), k))), (
+            f"a CPU bundle runs its {k} members on min({k}, its CPUs) threads")
+    return 1.0, "one CPU per single trial"
 
-    # max_concurrent_trials
-    if r.max_concurrent_trials == "auto":
-        n_cpu = math.floor(cpus / c + 1e-9)
-        fits = [(n_cpu, amount(cpus, "CPU"))]
-        if g > 0:
-            fits.append((math.floor(gpus / g + 1e-9), amount(gpus, "GPU") if gpus else "no GPU"))
-        n, by = min(fits)
-        values["max_concurrent_trials"] = max(1, n)
-        reasons["max_concurrent_trials"] = f"{max(1, n)} fit in {label}'s {by}"
-    resolved = r.model_copy(update={key: values[key] for key in AUTO_FIELDS
-                                    if getattr(r, key) == "auto" and key in values})
-    return Resolution(resolved, {key: reasons[key] for key in AUTO_FIELDS if key in reasons and
-                                 getattr(r, key) == "auto"}, where_text(label, cluster, gpu_memory_gb))
+
+def _max_concurrent_trials(r: ResourcesSpec, s: _Sizing, g: float, c: float) -> tuple[int, str | None]:
+    """As many trials as the CPUs and GPUs hold."""
+    if r.max_concurrent_trials != "auto":
+        return int(r.max_concurrent_trials), None
+    fits = [(math.floor(s.cpus / c + 1e-9), amount(s.cpus, "CPU"))]
+    if g > 0:
+        fits.append((math.floor(s.gpus / g + 1e-9), amount(s.gpus, "GPU") if s.gpus else "no GPU"))
+    n, by = min(fits)
+    return max(1, n), f"{max(1, n)} fit in {s.label}'s {by}"
 
 
 def gpu_memory(cluster: Mapping[str, float], local: Callable[[], float | None] | None = None) -> float | None:

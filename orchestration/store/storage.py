@@ -457,7 +457,19 @@ class Storage:
         ``MANIFEST.json`` (reserved), or a write fails; IntegrityError if a stored size differs.
         """
         key = self._key(parts)
-        local = Path(local)
+        files = self._files_to_upload(Path(local), key)
+        for hidden in (MANIFEST_FILE, META_FILE):
+            at = f"{key}/{hidden}" if key else hidden
+            if self.exists(at):
+                self.delete(at)
+        sent = self._send_files(key, files)
+        self._check_stored_sizes(key, sent)
+        self._write_manifest(key, sent)
+
+    def _files_to_upload(self, local: Path, key: str) -> builtins.list[tuple[str, Path]]:
+        """``[(relative key, path), ...]`` of the files under ``local`` in upload order: data files, then
+        ``meta.json`` files deepest first. StorageError if ``local`` is not a directory, or holds a
+        symlink or a top-level ``MANIFEST.json``."""
         if not local.is_dir():
             raise StorageError(f"{local}: not a directory (upload to {self._where(key)})")
         files: builtins.list[tuple[str, Path]] = []
@@ -475,10 +487,10 @@ class Storage:
             )
         # Data files first; then meta.json files, deepest first, so the top-level one is the last of them.
         files.sort(key=lambda f: (posixpath.basename(f[0]) == META_FILE, -f[0].count("/"), f[0]))
-        for hidden in (MANIFEST_FILE, META_FILE):
-            at = f"{key}/{hidden}" if key else hidden
-            if self.exists(at):
-                self.delete(at)
+        return files
+
+    def _send_files(self, key: str, files: builtins.list[tuple[str, Path]]) -> dict[str, tuple[int, str]]:
+        """Write each file under ``key`` in order; ``{relative key: (size, sha256)}`` of the bytes sent."""
         sent: dict[str, tuple[int, str]] = {}
         for rel, p in files:
             dest = safe_key(f"{key}/{rel}" if key else rel)
@@ -491,7 +503,11 @@ class Storage:
                     f"{p}: cannot read for upload to {self._where(dest)} ({_reason(e)})"
                 ) from e
             sent[rel] = (reader.size, reader.sha256.hexdigest())
-        stored = self._walk(key) if files else {}
+        return sent
+
+    def _check_stored_sizes(self, key: str, sent: dict[str, tuple[int, str]]) -> None:
+        """IntegrityError naming the first file under ``key`` whose stored size differs from what was sent."""
+        stored = self._walk(key) if sent else {}
         for rel, (size, _) in sent.items():
             if stored.get(rel) != size:
                 dest = f"{key}/{rel}" if key else rel
@@ -503,6 +519,9 @@ class Storage:
                 raise IntegrityError(
                     f"{self._where(dest)}: stored size {stored.get(rel)} != {size} bytes sent{hint}"
                 )
+
+    def _write_manifest(self, key: str, sent: dict[str, tuple[int, str]]) -> None:
+        """Write ``MANIFEST.json`` under ``key``, listing ``sent``: the marker that the upload is complete."""
         manifest = {
             "version": MANIFEST_VERSION,
             "files": [
