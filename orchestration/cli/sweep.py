@@ -62,7 +62,7 @@ def submit(
     on a Ray cluster (returns at once with the job id; --wait streams the driver's output)."""
     from orchestration.engine.prepare import prepare
     from orchestration.engine.remote import resolve_address
-    from orchestration.plan.cells import make_plan
+    from orchestration.plan.summary import make_plan
 
     url = None if in_cluster else resolve_address(address)
     if url is not None:

@@ -35,8 +35,8 @@ from orchestration.engine.tune_trial import SweepPayload, tune_trial
 from orchestration.jobs.base import Job
 from orchestration.jobs.cache_lock import LockTable, lease_seconds
 from orchestration.jobs.kinds import plan_jobs
-from orchestration.plan.cells import make_plan
 from orchestration.plan.preflight import check_resources
+from orchestration.plan.summary import make_plan
 from orchestration.spec.model import SweepSpec
 from orchestration.store.layout import PLAN_FILE, SPEC_FILE, STUDY_FILE, SUBMISSION_FILE
 from orchestration.store.results import ResultStore, RowWriter

@@ -42,7 +42,6 @@ from orchestration.store.layout import DEFAULT_STORAGE
 
 if TYPE_CHECKING:
     from deepsad.training import OptimConfig
-    from orchestration.plan.ablation import AblationPlan
 
 # --------------------------------------------------------------------------- spec → trials
 
@@ -346,19 +345,13 @@ class SweepPlan:
         return lines
 
 
-def make_plan(
-    spec: SweepSpec, cells: Sequence[Any] | None = None, *, storage: str | None = None
-) -> SweepPlan | AblationPlan:
-    """Summarise ``spec``; ``cells`` (from :func:`enumerate_cells`/:func:`validate_spec`, or the units
-    of :func:`orchestration.plan.ablation.validate_ablation`) saves building them again.
+def sweep_plan(spec: SweepSpec, cells: Sequence[Any] | None = None, *, storage: str | None = None) -> SweepPlan:
+    """Summarise a grid, random or tpe sweep (an ablation: :func:`orchestration.plan.summary.make_plan`);
+    ``cells`` (from :func:`enumerate_cells`/:func:`validate_spec`) saves building them again.
 
     Raises:
         ConfigError: as :func:`enumerate_cells`.
     """
-    if spec.ablation is not None:
-        from orchestration.plan.ablation import ablation_plan
-
-        return ablation_plan(spec, cells, storage=storage)
     search, r = spec.search, spec.resources
     seeds = tuple(spec.seeds)
     if search.algorithm == "tpe":

@@ -26,7 +26,7 @@ from orchestration.plan.ablation import (
     expand_units,
     validate_ablation,
 )
-from orchestration.plan.cells import make_plan
+from orchestration.plan.summary import make_plan
 from orchestration.spec.model import SweepSpec, parse_spec
 from orchestration.store.results import ResultStore, RowWriter
 from orchestration.store.storage import Storage

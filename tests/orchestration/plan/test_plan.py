@@ -17,12 +17,12 @@ from orchestration.plan.cells import (
     build_trial,
     enumerate_cells,
     grid_params,
-    make_plan,
     probe_params,
     random_params,
     resolve_data,
 )
 from orchestration.plan.preflight import check_resources, validate_spec
+from orchestration.plan.summary import make_plan
 from orchestration.plan.trial import TrialConfig
 from orchestration.spec.model import SweepSpec, load_spec, parse_spec
 
