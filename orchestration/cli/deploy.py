@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from deepsad.deploy import InputSpec
+    from orchestration.deploy.export import LoadedScorer
     from orchestration.store.outputs import OutputFile
 
 checkpoint_app = typer.Typer(
@@ -165,19 +166,10 @@ def score(
     are 0,1,...,n-1 (pandas' `to_csv(index=False)` of an unnamed frame).
     """
     from deepsad.deploy import check_input_file, flag_scores
-    from orchestration.deploy.export import calibrate_model_dir, check_fpr, check_threshold, load_scorer
-    from orchestration.store.outputs import output_path
+    from orchestration.deploy.export import load_scorer
 
-    if threshold is not None:
-        threshold = check_threshold(threshold)
-    if fpr is not None:
-        fpr = check_fpr(fpr)
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size: must be >= 1 (got {batch_size})")
-    output = None if out is None else score_output(output_path(out, "--out"), force)
-    fmt = _output_format(out)
-    if output is not None:
-        output.check()
+    threshold, fpr = _checked_score_flags(threshold, fpr, batch_size)
+    output, fmt = _score_destination(out, force)
     dev = _device(device)
     check_input_file(input_path)
     scorer = load_scorer(model, dev)
@@ -186,28 +178,63 @@ def score(
             f"--fpr {fpr}: this export's threshold was calibrated at FPR {scorer.fpr}; re-export, or pass --threshold"
         )
     x = read_input(input_path, scorer.input)
-    cut, how = threshold, "--threshold"
-    if cut is None and scorer.threshold is not None:
-        cut, how = scorer.threshold, f"export, FPR {scorer.fpr}"
-    if cut is None:
-        cal = calibrate_model_dir(scorer, 0.05 if fpr is None else fpr, data_dir)
-        cut, how = cal.threshold, f"validation FPR {cal.fpr}"
+    cut, how = _threshold(scorer, threshold, fpr, data_dir)
     scores = scorer.score(x, batch_size)
     flags, n_nonfinite = flag_scores(scores, cut)
     _write_scores(scores, flags, output, fmt)
-    nonfinite = (
-        f" ({n_nonfinite} with a non-finite score — NaN or inf: inputs far outside the training data)"
-        if n_nonfinite
-        else ""
-    )
     typer.echo(
         f"scored {scores.size} inputs of {input_path} on {dev} · threshold {cut:.6g} ({how}) · "
-        f"{int(flags.sum())} flagged as anomalies{nonfinite}",
+        f"{int(flags.sum())} flagged as anomalies{_nonfinite_note(n_nonfinite)}",
         err=True,
     )
 
 
 # ------------------------------------------------------------------------------------- helpers
+
+
+def _checked_score_flags(
+    threshold: float | None, fpr: float | None, batch_size: int
+) -> tuple[float | None, float | None]:
+    """``--threshold`` and ``--fpr`` as checked (each may be absent), after checking ``--batch-size``."""
+    from orchestration.deploy.export import check_fpr, check_threshold
+
+    if threshold is not None:
+        threshold = check_threshold(threshold)
+    if fpr is not None:
+        fpr = check_fpr(fpr)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1 (got {batch_size})")
+    return threshold, fpr
+
+
+def _score_destination(out: str | None, force: bool) -> tuple[OutputFile | None, str]:
+    """The ``--out`` file, checked under the output rule (None: stdout), and the format of the scores."""
+    from orchestration.store.outputs import output_path
+
+    output = None if out is None else score_output(output_path(out, "--out"), force)
+    fmt = _output_format(out)
+    if output is not None:
+        output.check()
+    return output, fmt
+
+
+def _threshold(scorer: LoadedScorer, threshold: float | None, fpr: float | None, data_dir: str | None) -> tuple[float, str]:
+    """The decision threshold and where it comes from: ``--threshold``, else the export's, else one
+    calibrated on the model's validation split at ``--fpr`` (default 0.05)."""
+    from orchestration.deploy.export import calibrate_model_dir
+
+    if threshold is not None:
+        return threshold, "--threshold"
+    if scorer.threshold is not None:
+        return scorer.threshold, f"export, FPR {scorer.fpr}"
+    cal = calibrate_model_dir(scorer, 0.05 if fpr is None else fpr, data_dir)
+    return cal.threshold, f"validation FPR {cal.fpr}"
+
+
+def _nonfinite_note(n_nonfinite: int) -> str:
+    if not n_nonfinite:
+        return ""
+    return f" ({n_nonfinite} with a non-finite score — NaN or inf: inputs far outside the training data)"
 
 
 def _device(device: str | None) -> str:

@@ -34,7 +34,8 @@ def report(
     ] = False,
 ) -> None:
     """Write Markdown + HTML tables (mean ± std, 95% CI, n) and PNG figures of sweep NAME, with provenance."""
-    from orchestration.report.build import REPORT_OWNS, build_report, load_sweep, write_report
+    from orchestration.report.build import build_report, load_sweep
+    from orchestration.report.render import REPORT_OWNS, write_report
     from orchestration.store.outputs import OutputDir, output_path
 
     out_dir = output_path(out, "--out")

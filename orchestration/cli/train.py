@@ -1,4 +1,8 @@
-"""``deepsad train``: one Deep SAD training run on this machine, with a progress display."""
+"""``deepsad train``: one Deep SAD training run on this machine, with a progress display.
+
+Every flag is checked before any data loads (the network of a registry data set too: its sample shape is
+known without the data), and a value the core refuses is reported as one line naming its flag.
+"""
 
 from __future__ import annotations
 
@@ -61,7 +65,6 @@ def train(
     ] = False,
 ) -> None:
     """Train one Deep SAD model and report validation and test AUROC."""
-    from deepsad.training import TrainConfig
     from orchestration.store.outputs import OutputDir, output_path
 
     protocol, sad, ae = _configs(
@@ -71,36 +74,14 @@ def train(
         weight_decay=weight_decay, ae_lr=ae_lr, ae_epochs=ae_epochs, ae_weight_decay=ae_weight_decay,
         milestone=milestone, ae_milestone=ae_milestone, batch_size=batch_size,
     )
-    from deepsad.networks import MAX_REP_DIM
-
-    if rep_dim is not None and not 1 <= rep_dim <= MAX_REP_DIM:
-        raise ConfigError(f"--rep-dim: must be in [1, {MAX_REP_DIM}] (got {rep_dim})")
+    settings = {"eta": eta, "sad": sad, "ae": ae, "seed": seed, "device": device, "bf16": bf16,
+                "reference_compat": reference_compat}
+    _check_rep_dim(dataset, rep_dim, settings)
     output = OutputDir(output_path(out, "--out"), command="train", flag="--out", owns=TRAIN_OWNS, force=force,
                        what="the model")
     output.check()
     _check_device(device)
-
-    from rich.console import Console
-
-    from deepsad.data.sources import load_dataset, load_file
-    from deepsad.data.splits import make_split
-    from deepsad.networks import default_net_config
-    from deepsad.training import train as run_training
-
-    console = Console(stderr=True)
-    path = Path(dataset)
-    data = load_file(path) if path.suffix in (".npz", ".csv") else load_dataset(dataset, data_dir)
-    split = make_split(data, protocol)
-    net = default_net_config(data.name, split.train.x.shape[1:], rep_dim)
-    cfg = TrainConfig(net=net, eta=eta, sad=sad, ae=ae, seed=seed, device=device, bf16=bf16,
-                      reference_compat=reference_compat)
-    counts = split.counts()
-    console.print(
-        f"[bold]{data.name}[/]: train {counts['n_train']} ({counts['n_labeled_anomaly']} labeled anomalies, "
-        f"{counts['n_unlabeled_anomaly']} unlabeled), val {counts['n_val']}, test {counts['n_test']} · "
-        f"net {net.name} rep_dim {net.rep_dim} · fingerprint {split.fingerprint[:12]}"
-    )
-    result = _train_with_progress(console, split, cfg, run_training)
+    split, cfg, result = _load_and_train(dataset, data_dir, protocol, rep_dim, settings)
     with output.staging() as staged:
         _save(staged, result, split, cfg, _split_record(dataset, data_dir, split))
     val = "n/a (no anomalies in the validation split)" if result.val_auroc is None else f"{result.val_auroc:.4f}"
@@ -175,6 +156,73 @@ def _flag_of(message: str, names: dict[str, str]) -> str:
     """Prefix a core config error with the CLI flag the user typed."""
     field = message.split(":", 1)[0].strip().removeprefix("protocol.")
     return f"{names[field]}: " if field in names else ""
+
+
+#: The flag of each field of the core's TrainConfig and NetConfig that a flag sets, for messages.
+TRAIN_FLAGS = {"eta": "--eta", "rep_dim": "--rep-dim"}
+
+
+def _check_rep_dim(dataset: str, rep_dim: int | None, settings: dict[str, Any]) -> None:
+    """Check ``--rep-dim`` before any data loads: its range, and — for a registry data set, whose sample
+    shape is known without loading it — the network it builds (a LeNet needs a multiple of 16).
+
+    Raises:
+        ConfigError: one line naming ``--rep-dim`` (or the flag of another refused setting).
+    """
+    from deepsad.networks import MAX_REP_DIM
+
+    if rep_dim is not None and not 1 <= rep_dim <= MAX_REP_DIM:
+        raise ConfigError(f"--rep-dim: must be in [1, {MAX_REP_DIM}] (got {rep_dim})")
+    if dataset.lower().endswith((".npz", ".csv")):
+        return  # a file's shape is known once it is loaded: _train_config names the flag then
+    from deepsad.data.sources import resolve_name
+    from orchestration.spec.model import REGISTRY_SAMPLE_SHAPES
+
+    try:
+        name = resolve_name(dataset)
+    except ConfigError:
+        return  # an unknown name: loading the data says so, with the known names
+    _train_config(name, REGISTRY_SAMPLE_SHAPES[name], rep_dim, settings)
+
+
+def _train_config(dataset: str, sample_shape: tuple[int, ...], rep_dim: int | None, settings: dict[str, Any]) -> Any:
+    """The run's :class:`deepsad.training.TrainConfig`: the data set's reference network (with ``--rep-dim``)
+    and ``settings`` (its other fields, checked by :func:`_configs`).
+
+    Raises:
+        ConfigError: one line, naming the flag when the core refuses a flag's value.
+    """
+    from deepsad.networks import default_net_config
+    from deepsad.training import TrainConfig
+
+    try:
+        return TrainConfig(net=default_net_config(dataset, sample_shape, rep_dim), **settings)
+    except ConfigError as e:
+        raise ConfigError(f"{_flag_of(str(e), TRAIN_FLAGS)}{e}") from e
+
+
+def _load_and_train(
+    dataset: str, data_dir: Path | None, protocol: Any, rep_dim: int | None, settings: dict[str, Any]
+) -> tuple[Any, Any, Any]:
+    """Load the data, split it, train with a progress display on stderr: ``(split, config, result)``."""
+    from rich.console import Console
+
+    from deepsad.data.sources import load_dataset, load_file
+    from deepsad.data.splits import make_split
+    from deepsad.training import train as run_training
+
+    console = Console(stderr=True)
+    path = Path(dataset)
+    data = load_file(path) if path.suffix in (".npz", ".csv") else load_dataset(dataset, data_dir)
+    split = make_split(data, protocol)
+    cfg = _train_config(data.name, split.train.x.shape[1:], rep_dim, settings)
+    counts, net = split.counts(), cfg.net
+    console.print(
+        f"[bold]{data.name}[/]: train {counts['n_train']} ({counts['n_labeled_anomaly']} labeled anomalies, "
+        f"{counts['n_unlabeled_anomaly']} unlabeled), val {counts['n_val']}, test {counts['n_test']} · "
+        f"net {net.name} rep_dim {net.rep_dim} · fingerprint {split.fingerprint[:12]}"
+    )
+    return split, cfg, _train_with_progress(console, split, cfg, run_training)
 
 
 def _check_device(device: str) -> None:

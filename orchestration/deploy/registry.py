@@ -240,16 +240,7 @@ def pull(
     )
     output.check()
     dest = output.path
-    rows = ResultStore(sweep).trials().to_pylist()
-    if not rows:
-        raise StorageError(f"sweep {sweep.uri}: no trial results (is the name or --storage right?)")
-    ranked = rank_configurations(rows, metric, min_seeds=min_seeds)
-    if not ranked:
-        n_finished = sum(1 for r in rows if r.get("status") == "finished")
-        raise StorageError(
-            f"sweep {sweep.uri}: no configuration has {min_seeds or 1}+ finished seeds with {metric} "
-            f"({n_finished} finished trials of {len(rows)})"
-        )
+    rows, ranked = _ranked_rows(sweep, metric, min_seeds)
     chosen = ranked[0]
     picked = chosen.pick(policy)
     key = check_trial_key(picked.trial_key)
@@ -274,6 +265,27 @@ def pull(
             raise StorageError(f"--to {dest}: cannot write ({e.strerror or e})") from e
     n_unranked = len(rank_configurations(rows, metric, min_seeds=1)) - len(ranked)
     return PullResult(ranked, chosen, picked, dest, selection, n_unranked)
+
+
+def _ranked_rows(
+    sweep: Storage, metric: str, min_seeds: int | None
+) -> tuple[list[dict[str, Any]], list[ConfigResult]]:
+    """The sweep's trial rows and its configurations ranked on ``metric`` (:func:`rank_configurations`).
+
+    Raises:
+        StorageError: no trial results, or no configuration with ``min_seeds`` finished seeds.
+    """
+    rows = ResultStore(sweep).trials().to_pylist()
+    if not rows:
+        raise StorageError(f"sweep {sweep.uri}: no trial results (is the name or --storage right?)")
+    ranked = rank_configurations(rows, metric, min_seeds=min_seeds)
+    if not ranked:
+        n_finished = sum(1 for r in rows if r.get("status") == "finished")
+        raise StorageError(
+            f"sweep {sweep.uri}: no configuration has {min_seeds or 1}+ finished seeds with {metric} "
+            f"({n_finished} finished trials of {len(rows)})"
+        )
+    return rows, ranked
 
 
 def _download_verified(source: Storage, tmp: Path, row: Mapping[str, Any]) -> None:
@@ -391,7 +403,7 @@ def _split_from_spec(
 
     from deepsad.jsonio import load_json_bounded
     from orchestration.plan.cells import build_trial
-    from orchestration.spec.model import parse_spec
+    from orchestration.spec.load import parse_spec
 
     text = sweep.read_bytes("spec.yaml").decode("utf-8")
     submission = (

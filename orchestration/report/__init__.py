@@ -1,3 +1,4 @@
-"""The paper-style report of an ablation: tables of cells (`tables.py`), the statistics and figures
-(`build.py`) and the HTML/Markdown rendering (`render.py`).
+"""The paper-style report of an ablation: the statistics and what a report holds (`build.py`), its
+HTML/Markdown/PNG/CSV rendering and writing (`render.py`, which imports `build`), and the terminal views of
+a sweep's store, ``sweep status`` and ``results show`` (`tables.py`).
 """

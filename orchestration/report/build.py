@@ -8,8 +8,9 @@ values over seeds **and** normal classes give mean, sample std (ddof=1), n and t
 of the mean (Student t, n-1 degrees of freedom; undefined for n = 1).
 
 Everything here is pure (rows in, numbers out): :func:`used_rows`, :func:`choose_axis`, :func:`aggregate`,
-:func:`per_class`, :func:`provenance`. :func:`write_report` hands the results to
-:mod:`orchestration.report.render`, which writes Markdown, HTML, PNG figures and CSV/JSON tables.
+:func:`per_class`, :func:`provenance`; :func:`load_sweep` reads the rows and :func:`build_report` gathers a
+:class:`Report`. :mod:`orchestration.report.render` (which imports this module, never the other way round)
+writes it as Markdown, HTML, PNG figures and CSV/JSON tables: :func:`orchestration.report.render.write_report`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -405,7 +405,7 @@ def _describe_axes(row: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Report:
-    """Everything a report shows; :func:`write_report` renders it."""
+    """Everything a report shows; :func:`orchestration.report.render.write_report` writes it."""
 
     sweep: str
     metric: str  # the metric of the figures and of the first table
@@ -461,24 +461,3 @@ def build_report(record: SweepRecord, *, metric: str = "auroc", axis: str | None
         record.rows, sweep=record.name, location=record.location, spec_text=record.spec_text, metric=metric
     )
     return Report(record.name, metric, tables, tuple(per_class(record.rows, tables[0], method)), prov)
-
-
-#: What `report` writes into --out (and so all that its --force may replace).
-REPORT_OWNS: tuple[str, ...] = ("report.md", "report.html", "figures/*.png", "tables/*.csv", "tables/*.json")
-
-
-def write_report(report: Report, out: Path, *, force: bool = False) -> list[Path]:
-    """Write ``out``/report.md, report.html, figures/*.png and tables/*.csv|json; returns the files written.
-
-    ``out`` appears whole (built beside it, then swapped in); an existing, non-empty ``out`` is replaced
-    only with ``force`` and only if it holds nothing but a report's own files (:mod:`orchestration.store.outputs`).
-
-    Raises StorageError if ``out`` may not or cannot be written.
-    """
-    from orchestration.report import render as report_render
-    from orchestration.store.outputs import OutputDir
-
-    output = OutputDir(Path(out), command="report", flag="--out", owns=REPORT_OWNS, force=force, what="the report")
-    with output.staging() as tmp:
-        written = report_render.render(report, tmp, shown=output.path)
-    return [output.path / p.relative_to(tmp) for p in written]

@@ -1,4 +1,5 @@
-"""Rendering of a :class:`orchestration.report.build.Report`: Markdown, HTML, PNG figures, CSV and JSON tables.
+"""Rendering of a :class:`orchestration.report.build.Report`: Markdown, HTML, PNG figures, CSV and JSON tables,
+written into ``--out`` by :func:`write_report` (atomically, through :mod:`orchestration.store.outputs`).
 
 Numbers in the human-readable tables and figures are ×100 (as in the paper) with one decimal; the CSV and
 JSON tables keep the raw values. Figures are drawn on matplotlib's Agg canvas (no display, no global
@@ -35,6 +36,7 @@ from orchestration.report.build import (
     order_key,
     show,
 )
+from orchestration.store.outputs import OutputDir
 
 DPI = 120
 #: Fixed colours per method, so a method looks the same in every figure.
@@ -390,7 +392,6 @@ def _counted(d: dict[str, int]) -> str:
 
 
 def render_markdown(report: Report, generated: str) -> str:
-    p = report.provenance
     out = [f"# Ablation report: {report.sweep}", "", f"_Generated {generated} by `deepsad report`._", ""]
     out += [line + "\n" for line in _prose(report)]
     for ab in report.tables:
@@ -406,7 +407,12 @@ def render_markdown(report: Report, generated: str) -> str:
     out += ["## Figures", ""]
     for i, (rel, caption) in enumerate(_figures(report), 1):
         out += [f"![Figure {i}]({rel})", "", f"*Figure {i}. {caption}*", ""]
-    out += [
+    return "\n".join(out + _provenance_markdown(report.provenance)) + "\n"
+
+
+def _provenance_markdown(p: Provenance) -> list[str]:
+    """The Markdown report's provenance: sweep directory, code versions, fingerprints, failed cells, sweep file."""
+    out = [
         "## Provenance",
         "",
         f"- Sweep directory: `{p.location}`",
@@ -440,11 +446,10 @@ def render_markdown(report: Report, generated: str) -> str:
         out.append("No `spec.yaml` in the sweep directory.")
     else:
         out += ["<details><summary>spec.yaml (verbatim)</summary>", "", _fence(p.spec_text), "", "</details>"]
-    return "\n".join(out) + "\n"
+    return out
 
 
 def render_html(report: Report, generated: str) -> str:
-    p = report.provenance
     body = [
         f"<h1>Ablation report: {_h(report.sweep)}</h1>",
         f'<p class="note">Generated {_h(generated)} by <code>deepsad report</code>.</p>',
@@ -464,6 +469,17 @@ def render_html(report: Report, generated: str) -> str:
             f'<figure><img src="{_h(rel)}" alt="Figure {i}"><figcaption><b>Figure {i}.</b> '
             f"{_h(caption)}</figcaption></figure>"
         )
+    body += _provenance_html(report.provenance)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>Ablation report: {_h(report.sweep)}</title><style>{CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+def _provenance_html(p: Provenance) -> list[str]:
+    """The HTML report's provenance: sweep directory, code versions, fingerprints, failed cells, sweep file."""
     fps = "".join(
         f"<li>{_h(d)}: {len(f)} — "
         + ", ".join(f"<code>{_h(x[:12])}</code>" for x in f[:8])
@@ -471,7 +487,7 @@ def render_html(report: Report, generated: str) -> str:
         + "</li>"
         for d, f in p.fingerprints.items()
     )
-    body += [
+    body = [
         "<h2>Provenance</h2>",
         "<ul>",
         f"<li>Sweep directory: <code>{_h(p.location)}</code></li>",
@@ -506,12 +522,7 @@ def render_html(report: Report, generated: str) -> str:
         body.append(
             f"<details open><summary>spec.yaml (verbatim)</summary><pre>{_h(p.spec_text)}</pre></details>"
         )
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>Ablation report: {_h(report.sweep)}</title><style>{CSS}</style></head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
+    return body
 
 
 def _one_line(error: str, limit: int = 300) -> str:
@@ -579,3 +590,21 @@ def render(report: Report, out: Path, *, shown: Path | None = None) -> list[Path
     except OSError as e:
         raise StorageError(f"--out {shown or out}: cannot write the report ({e.strerror or e})") from e
     return written
+
+
+#: What `report` writes into --out (and so all that its --force may replace).
+REPORT_OWNS: tuple[str, ...] = ("report.md", "report.html", "figures/*.png", "tables/*.csv", "tables/*.json")
+
+
+def write_report(report: Report, out: Path, *, force: bool = False) -> list[Path]:
+    """Write ``out``/report.md, report.html, figures/*.png and tables/*.csv|json; returns the files written.
+
+    ``out`` appears whole (built beside it, then swapped in); an existing, non-empty ``out`` is replaced
+    only with ``force`` and only if it holds nothing but a report's own files (:mod:`orchestration.store.outputs`).
+
+    Raises StorageError if ``out`` may not or cannot be written.
+    """
+    output = OutputDir(Path(out), command="report", flag="--out", owns=REPORT_OWNS, force=force, what="the report")
+    with output.staging() as tmp:
+        written = render(report, tmp, shown=output.path)
+    return [output.path / p.relative_to(tmp) for p in written]

@@ -13,13 +13,13 @@ from typing import Any
 
 from deepsad.errors import ConfigError
 from orchestration.spec.model import (
-    _NO_VALUE,
     MAX_BUNDLE_SIZE,
     MAX_ETA,
     MAX_LR,
     MAX_TRIALS,
     MAX_WEIGHT_DECAY,
     MAX_WIDTH,
+    NO_VALUE,
     PROTOCOL_AXES,
     REGISTRY_SAMPLE_SHAPES,
     SPACE_KEYS,
@@ -164,7 +164,7 @@ def choice_value_problems(key: str, values: Any) -> Iterator[Problem]:
         elif (message := value_problem(key, v)) is not None:
             yield Problem(f"{at}[{i}]", message, v)
     repeated = first_repeat(numbers)
-    if repeated is not _NO_VALUE:
+    if repeated is not NO_VALUE:
         yield Problem(at, f"value {show(repeated)} is repeated", list(values))
 
 
@@ -187,7 +187,7 @@ def raw_choice_problems(raw: Any) -> list[Problem]:
 def _space(s: dict[str, Any]) -> Iterator[Problem]:
     search: SearchSpec = s["search"]
     # "ablation" is missing from s when that section is broken: then neither kind of check is sure
-    ablation = s.get("ablation", _NO_VALUE)
+    ablation = s.get("ablation", NO_VALUE)
     if not search.space.items() and ablation is None:
         yield Problem(
             "search.space", f"empty — nothing to search; give at least one of {', '.join(SPACE_KEYS)}", {}

@@ -1,16 +1,9 @@
-"""The sweep file: a strict pydantic model of ``sweeps/*.yaml`` and :func:`load_spec`.
+"""The sweep file's model: a strict pydantic model of ``sweeps/*.yaml`` (:class:`SweepSpec` and its
+sections, all ``extra="forbid"``), its limits, and :class:`Problem`, one line of what is wrong with a file.
 
-A sweep file is read with ``yaml.safe_load`` (with limits: :mod:`orchestration.spec.safe_yaml`) and validated in two passes; every problem of a pass
-is reported at once, one line each, as ``<file>: <dotted.field>: <message> (got <value>)``:
-
-1. structure — unknown fields (with a "did you mean"), types, ranges of single fields, unknown
-   data set names (:class:`SweepSpec` and its section models, all ``extra="forbid"``; the lines
-   come from :mod:`orchestration.spec.problems`);
-2. consistency (:mod:`orchestration.spec.checks`) — rules that span fields or need the core's own checks: the protocol (built as a
-   :class:`deepsad.data.splits.Protocol`), the network and every ``rep_dim`` the search may try
-   (built as :class:`deepsad.networks.NetConfig` for registry data sets), the search space's
-   bounds, grid vs. sampled search, ``device`` vs. ``gpus_per_trial``. A check runs when the
-   sections it reads passed pass 1, so most problems still show up together.
+The models check single fields (types, ranges, unknown data set names); the rules that span fields live
+in :mod:`orchestration.spec.checks`, and :mod:`orchestration.spec.load` reads a file (both passes, every
+problem at once).
 
 An ``ablation:`` section (see :class:`AblationSpec`) turns a file into a grid of *cells*: the product of
 its axes (protocol fields, data sets) × ``seeds`` × ``methods``, each run once (one Tune trial). With it,
@@ -21,12 +14,11 @@ hyperparameters). ``protocol`` and ``data`` may leave out the fields an axis giv
 places is an error); when ``normal_classes`` and ``known_anomaly_classes`` are both axes, the
 combinations where they overlap are left out of the grid.
 
-Nothing here loads data or trains: :func:`orchestration.plan.preflight.validate_spec` (and
-:func:`orchestration.plan.ablation.validate_ablation`) do the checks that need the data. Paths in the file (``data.dataset`` files, ``data.data_dir``, ``storage``) are relative to
-the *current directory* of the command (:attr:`SweepSpec.base_dir`), not to the sweep file, so that
-``data_dir: ../shared/data`` means the same in every sweep file. This module imports only pydantic
-and yaml at module level (the CLI imports it while building ``--help``); the core is imported when
-a file is validated.
+Paths in the file (``data.dataset`` files, ``data.data_dir``, ``storage``) are relative to the *current
+directory* of the command (:attr:`SweepSpec.base_dir`), not to the sweep file, so that
+``data_dir: ../shared/data`` means the same in every sweep file. This module imports only pydantic and
+:mod:`deepsad.errors` at module level (the CLI imports it while building ``--help``), and no other module of
+:mod:`orchestration.spec`: they import it. The core is imported when a data set name is validated.
 """
 
 from __future__ import annotations
@@ -36,7 +28,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -45,7 +36,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     WrapSerializer,
     WrapValidator,
     field_validator,
@@ -108,7 +98,9 @@ def is_data_file(dataset: str) -> bool:
 # --------------------------------------------------------------------------- problems
 
 
-_NO_VALUE: Any = object()
+#: The value of a :class:`Problem` that shows none, and :func:`first_repeat`'s "nothing repeats"
+#: (``None`` is a value a file may hold).
+NO_VALUE: Any = object()
 
 
 @dataclass(frozen=True)
@@ -117,11 +109,11 @@ class Problem:
 
     field: str
     message: str
-    value: Any = _NO_VALUE
+    value: Any = NO_VALUE
 
     def format(self, source: str) -> str:
         where = f"{source}: {self.field}: " if self.field else f"{source}: "
-        got = "" if self.value is _NO_VALUE else f" (got {show(self.value)})"
+        got = "" if self.value is NO_VALUE else f" (got {show(self.value)})"
         return printable(f"{where}{self.message}{got}")  # field names come from the file too
 
 
@@ -160,14 +152,14 @@ def show(value: Any, limit: int = 80) -> str:
 
 
 def first_repeat(values: tuple[Any, ...] | list[Any]) -> Any:
-    """The first value of ``values`` (hashable) that occurs earlier too, else ``_NO_VALUE``; in linear
+    """The first value of ``values`` (hashable) that occurs earlier too, else :data:`NO_VALUE`; in linear
     time (a quadratic scan of 10,000 values takes seconds)."""
     seen: set[Any] = set()
     for v in values:
         if v in seen:
             return v
         seen.add(v)
-    return _NO_VALUE
+    return NO_VALUE
 
 
 # --------------------------------------------------------------------------- the models
@@ -432,7 +424,7 @@ class AxesSpec(_Section):
     def _no_repeats(cls, v: Any) -> Any:
         if v is not None:
             repeated = first_repeat(v)
-            if repeated is not _NO_VALUE:
+            if repeated is not NO_VALUE:
                 raise ValueError(f"value {show(repeated)} is repeated")
         return v
 
@@ -455,13 +447,13 @@ class AblationSpec(_Section):
     @classmethod
     def _unique_methods(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         repeated = first_repeat(v)
-        if repeated is not _NO_VALUE:
+        if repeated is not NO_VALUE:
             raise ValueError(f"method {repeated} is repeated")
         return v
 
 
 class SweepSpec(_Section):
-    """A whole sweep file. Build it with :func:`load_spec` (or :func:`parse_spec`)."""
+    """A whole sweep file. Build it with :func:`orchestration.spec.load.load_spec` (or ``parse_spec``)."""
 
     name: str
     description: str | None = None
@@ -489,7 +481,7 @@ class SweepSpec(_Section):
     @property
     def base_dir(self) -> str:
         """The absolute directory relative paths in the file are taken from: the ``base_dir`` given to
-        :func:`parse_spec`, else the current directory when the file was read."""
+        :func:`~orchestration.spec.load.parse_spec`, else the current directory when the file was read."""
         return self._base_dir or os.getcwd()
 
     @field_validator("name")
@@ -509,125 +501,6 @@ class SweepSpec(_Section):
     @classmethod
     def _unique(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         repeated = first_repeat(v)
-        if repeated is not _NO_VALUE:
+        if repeated is not NO_VALUE:
             raise ValueError(f"seed {repeated} is repeated")
         return v
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load_spec(path: Path, *, base_dir: str | Path | None = None) -> SweepSpec:
-    """Read and validate a sweep file; relative paths in it are relative to ``base_dir`` (default:
-    the current directory).
-
-    Raises:
-        ConfigError: the file is missing or unreadable, is not YAML or not a mapping, or has
-            problems; the message has one line per problem, each prefixed with ``path``.
-    """
-    from orchestration.spec.safe_yaml import MAX_CHARS
-
-    source = str(path)
-    try:
-        with Path(path).open("rb") as f:
-            data = f.read(4 * MAX_CHARS + 1)  # UTF-8 takes at most 4 bytes a character
-        if len(data) > 4 * MAX_CHARS:
-            raise ConfigError(f"{source}: larger than {4 * MAX_CHARS:,} bytes; a sweep file may have at most "
-                              f"{MAX_CHARS:,} characters")
-        text = data.decode("utf-8")
-    except FileNotFoundError as e:
-        raise ConfigError(f"{source}: file not found") from e
-    except IsADirectoryError as e:
-        raise ConfigError(f"{source}: is a directory, not a sweep file") from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-    except OSError as e:
-        raise ConfigError(f"{source}: cannot read ({e.strerror or e})") from e
-    return parse_spec(text, source, base_dir=base_dir)
-
-
-def parse_spec(text: str, source: str = "<sweep>", *, base_dir: str | Path | None = None) -> SweepSpec:
-    """Validate sweep-file text; ``source`` names it in messages, ``base_dir`` (default: the current
-    directory, now) is where its relative paths start — pass the submitting directory when a spec
-    is parsed again elsewhere (a Ray worker runs in its own directory).
-
-    Raises:
-        ConfigError: as :func:`load_spec`.
-    """
-    from orchestration.spec.safe_yaml import read_yaml
-
-    raw = read_yaml(text, source)
-    if raw is None:
-        raise ConfigError(f"{source}: the file is empty; a sweep needs name, data, protocol and search")
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"{source}: must be a mapping of sections (name, data, protocol, search, ...) (got {show(raw)})"
-        )
-    from orchestration.spec.checks import consistency, raw_choice_problems
-    from orchestration.spec.problems import structure_problems
-
-    given = _given(raw)
-    raw = _ablation_defaults(raw)
-    try:
-        spec = SweepSpec.model_validate(raw)
-    except ValidationError as e:
-        problems = structure_problems(e)
-        bad = {str(err["loc"][0]) for err in e.errors() if err["loc"]}
-        problems += consistency({**_valid_sections(raw, bad), "given": given})
-        if "search" in bad:  # the values of choices that are numbers are still checked
-            problems += raw_choice_problems(raw)
-        raise problems_error(source, problems) from None
-    problems = consistency({**{name: getattr(spec, name) for name in SweepSpec.model_fields}, "given": given})
-    if problems:
-        raise problems_error(source, problems)
-    spec._source = source
-    spec._base_dir = os.path.abspath(base_dir if base_dir is not None else os.getcwd())
-    return spec
-
-
-def _given(raw: dict[str, Any]) -> dict[str, frozenset[str]]:
-    """The keys the file itself gives: top-level, and in ``search``, ``protocol`` and ``data``."""
-    out = {"": frozenset(raw)}
-    for name in ("search", "protocol", "data"):
-        section = raw.get(name)
-        out[name] = frozenset(section) if isinstance(section, dict) else frozenset()
-    return out
-
-
-def _ablation_defaults(raw: dict[str, Any]) -> dict[str, Any]:
-    """With an ``ablation`` mapping: an absent ``search`` reads as a grid with nothing searched, and
-    ``protocol.normal_classes``/``data.dataset`` default to their axis' first value (each cell sets its
-    own), so the file need not repeat them. Other files are returned unchanged."""
-    ablation = raw.get("ablation")
-    if not isinstance(ablation, dict):
-        return raw
-    out = dict(raw)
-    search = out.get("search")
-    if search is None:
-        out["search"] = {"algorithm": "grid", "space": {}}
-    elif isinstance(search, dict) and "algorithm" not in search:
-        out["search"] = {"algorithm": "grid", **search}
-    axes = ablation.get("axes")
-    axes = axes if isinstance(axes, dict) else {}
-    for section, key in (("protocol", "normal_classes"), ("data", "dataset")):
-        current = out.get(section, {})
-        values = axes.get(key)
-        if isinstance(current, dict) and key not in current and isinstance(values, list) and values:
-            out[section] = {**current, key: values[0]}
-    return out
-
-
-def _valid_sections(raw: dict[str, Any], bad: set[str]) -> dict[str, Any]:
-    """The top-level sections that passed pass 1 (defaults for absent ones), validated alone."""
-    from pydantic import TypeAdapter
-
-    out: dict[str, Any] = {}
-    for name, info in SweepSpec.model_fields.items():
-        if name in bad:
-            continue
-        if name in raw:
-            annotation: Any = info.annotation
-            out[name] = TypeAdapter(annotation).validate_python(raw[name])
-        elif not info.is_required():
-            out[name] = info.get_default(call_default_factory=True)
-    return out

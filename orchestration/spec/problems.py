@@ -16,8 +16,8 @@ from pydantic import (
 )
 
 from orchestration.spec.model import (
-    _NO_VALUE,
     DISTRIBUTIONS,
+    NO_VALUE,
     Problem,
     SweepSpec,
 )
@@ -57,7 +57,7 @@ def structure_problems(error: ValidationError) -> list[Problem]:
 
 def _rewrite(err: Mapping[str, Any]) -> Problem:
     """One pydantic error as a :class:`Problem` (loc → dotted path, ``input`` → value)."""
-    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input", _NO_VALUE)
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input", NO_VALUE)
     path, siblings = _walk(tuple(err["loc"]))
     if kind == "extra_forbidden":
         return Problem(path, _unknown_field(path, siblings))

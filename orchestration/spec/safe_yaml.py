@@ -23,6 +23,7 @@ from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node
 
 from deepsad.errors import ConfigError
+from orchestration.spec.model import printable
 
 #: The longest sweep file read, in characters (the shipped ones are under 3,000).
 MAX_CHARS = 256 * 1024
@@ -136,6 +137,4 @@ def _where(e: yaml.MarkedYAMLError, *, column: bool = True) -> str:
 
 
 def _one_line(text: str) -> str:
-    from orchestration.spec.model import printable
-
     return printable(" ".join(str(text).split())) or "unreadable"

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from orchestration.plan.cells import enumerate_cells
-from orchestration.spec.model import parse_spec
+from orchestration.spec.load import parse_spec
 from orchestration.store.results import TRIAL_SCHEMA, ResultStore
 from orchestration.store.storage import Storage
 from tests.conftest import REPO

@@ -165,3 +165,43 @@ def test_bad_values_through_the_installed_command(args: list[str], tmp_path: Pat
     done = deepsad("train", "--dataset", "digits", "--out", str(tmp_path / "out"), *args, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and args[0] in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and list(tmp_path.iterdir()) == []
+
+
+# Issue 15, item 5: a value the core refuses while building the run's TrainConfig — the network too (a LeNet's
+# rep_dim must be a multiple of 16) — is named by its flag before any data loads: a registry set's sample
+# shape is known without its files. The data directory named here does not exist, so an error about the
+# flag proves the data was never read (the last case, with good values, shows the directory is what fails).
+REGISTRY_BAD_VALUES = [
+    (["--rep-dim", "10"], "--rep-dim: rep_dim: mnist_lenet needs a multiple of 16 (got 10)"),
+    (["--eta", "-1"], "--eta: eta: must be > 0 (got -1.0)"),
+    (["--lr", "0"], "--lr: lr: must be > 0"),
+    (["--epochs", "-1"], "--epochs: epochs: must be >= 0"),
+    (["--batch-size", "1"], "--batch-size: batch_size: must be >= 2"),
+    (["--weight-decay", "-1"], "--weight-decay: weight_decay: must be >= 0"),
+    (["--ae-weight-decay", "-1"], "--ae-weight-decay: weight_decay: must be >= 0"),
+    (["--rep-dim", "0"], "--rep-dim: must be in [1, 4096]"),
+    (["--rep-dim", "32"], "mnist: data directory"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), REGISTRY_BAD_VALUES, ids=[" ".join(a) for a, _ in REGISTRY_BAD_VALUES])
+def test_core_config_errors_name_their_flag_before_a_registry_set_loads(
+    args: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "no-data"),
+                            "--out", str(tmp_path / "out"), *args], capsys)  # fmt: skip
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"error: {expected}"), err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_data_files_network_error_names_its_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file's sample shape is known once it is loaded: the network's error still names its flag."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(60, 1, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "images.npz", X=x, y=(np.arange(60) % 6 == 0).astype(np.int64))
+    code, _, err = run_cli(["train", "--dataset", str(tmp_path / "images.npz"), "--out", str(tmp_path / "out"),
+                            "--rep-dim", "10", *FAST], capsys)  # fmt: skip
+    assert code == 2, err
+    assert err == "error: --rep-dim: rep_dim: mnist_lenet needs a multiple of 16 (got 10)\n", err
+    assert not (tmp_path / "out").exists()

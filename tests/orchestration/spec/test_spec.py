@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from deepsad.errors import ConfigError
+from orchestration.spec.load import load_spec, parse_spec
 from orchestration.spec.model import (
     REGISTRY_SAMPLE_SHAPES,
     SPACE_KEYS,
@@ -21,8 +22,6 @@ from orchestration.spec.model import (
     ProtocolSpec,
     SpaceSpec,
     TrainSpec,
-    load_spec,
-    parse_spec,
 )
 
 REPO = Path(__file__).resolve().parents[3]

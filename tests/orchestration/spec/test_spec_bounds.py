@@ -15,7 +15,8 @@ import yaml
 
 from deepsad.errors import ConfigError
 from orchestration.spec import model as spec_module
-from orchestration.spec.model import MAX_TRIALS, SEED_LIMIT, parse_spec
+from orchestration.spec.load import parse_spec
+from orchestration.spec.model import MAX_TRIALS, SEED_LIMIT
 from tests.conftest import REPO
 
 QUICKSTART = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text(encoding="utf-8"))

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deepsad.errors import ConfigError
-from orchestration.spec.model import SweepSpec, parse_spec
+from orchestration.spec.load import parse_spec
+from orchestration.spec.model import SweepSpec
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.timeout(120)

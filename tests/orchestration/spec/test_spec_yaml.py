@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from deepsad.errors import ConfigError
-from orchestration.spec.model import load_spec, parse_spec
+from orchestration.spec.load import load_spec, parse_spec
 from orchestration.spec.safe_yaml import MAX_CHARS, MAX_DEPTH, read_yaml
 from tests.conftest import REPO
 
