@@ -50,7 +50,7 @@ from deepsad.training import train  # noqa: E402
 from orchestration.jobs.base import RunContext  # noqa: E402
 from orchestration.jobs.kinds import execute  # noqa: E402
 from orchestration.plan.cells import enumerate_cells  # noqa: E402
-from orchestration.spec.model import parse_spec  # noqa: E402
+from orchestration.spec.load import parse_spec  # noqa: E402
 from tests.orchestration.sweeps_helpers import TEST_ENV, rows, small_spec  # noqa: E402
 
 NAME = "bench-sweep"

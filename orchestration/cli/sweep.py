@@ -110,7 +110,7 @@ def _submit_remote(spec_path: Path, storage: str | None, url: str, *, wait: bool
         quiet_ray_client,
         submit_job,
     )
-    from orchestration.spec.model import load_spec
+    from orchestration.spec.load import load_spec
 
     parsed = load_spec(spec_path, base_dir=base_dir)
     uri = check_cluster_storage(storage, parsed)

@@ -19,7 +19,8 @@ from orchestration.plan.cells import enumerate_cells
 from orchestration.plan.identity import check_identity
 from orchestration.plan.preflight import check_resources, validate_spec
 from orchestration.plan.trial import TrialConfig
-from orchestration.spec.model import SweepSpec, load_spec, parse_spec
+from orchestration.spec.load import load_spec, parse_spec
+from orchestration.spec.model import SweepSpec
 from orchestration.store.layout import DEFAULT_STORAGE, SPEC_FILE, SUBMISSION_FILE, sweep_location
 from orchestration.store.results import ResultStore
 from orchestration.store.storage import Storage

@@ -20,7 +20,8 @@ from orchestration.jobs.cache_lock import HeartbeatLock
 from orchestration.jobs.kinds import job_from_dict
 from orchestration.jobs.trial import TrialJob
 from orchestration.plan.cells import build_trial
-from orchestration.spec.model import SweepSpec, parse_spec
+from orchestration.spec.load import parse_spec
+from orchestration.spec.model import SweepSpec
 from orchestration.store.storage import Storage
 
 # --------------------------------------------------------------------------- what every trial receives

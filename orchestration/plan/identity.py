@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from deepsad.errors import ConfigError, DeepSADError
 from deepsad.jsonio import load_json_bounded
-from orchestration.spec.model import PROTOCOL_AXES, SweepSpec, parse_spec, show
+from orchestration.spec.load import parse_spec
+from orchestration.spec.model import PROTOCOL_AXES, SweepSpec, show
 
 if TYPE_CHECKING:
     from orchestration.store.storage import Storage

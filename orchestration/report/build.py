@@ -434,7 +434,7 @@ def load_sweep(name: str, storage: str | None) -> SweepRecord:
 
     sweep_dir = sweep_location(name, storage)
     has_spec = sweep_dir.exists(SPEC_FILE)
-    if not has_spec and not sweep_dir.exists("results", "trials"):
+    if not has_spec and not ResultStore(sweep_dir).exists():
         raise StorageError(f"no sweep {name!r} under {sweep_dir.uri.rsplit('/', 1)[0]} (no {SPEC_FILE})")
     spec_text = sweep_dir.read_bytes(SPEC_FILE).decode("utf-8", errors="replace") if has_spec else None
     return SweepRecord(name, sweep_dir.uri, spec_text, as_rows(ResultStore(sweep_dir).trials()))

@@ -254,6 +254,10 @@ class ResultStore:
         self._trials = storage.child("results", "trials")
         self._epochs = storage.child("results", "epochs")
 
+    def exists(self) -> bool:
+        """Whether any trial row was ever written here."""
+        return self._trials.exists()
+
     def write_trial(self, row: Mapping[str, Any]) -> None:
         """Create or replace the row of ``row["trial_key"]``.
 

@@ -9,7 +9,8 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from orchestration.spec.model import SweepSpec, parse_spec
+from orchestration.spec.load import parse_spec
+from orchestration.spec.model import SweepSpec
 from orchestration.store.storage import Storage
 from tests.orchestration.sweeps_helpers import small_spec
 

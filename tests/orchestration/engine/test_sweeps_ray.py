@@ -109,7 +109,7 @@ def test_a_trial_that_keeps_failing_is_recorded_and_the_sweep_goes_on(tmp_path: 
     dry = cli(["sweep", "submit", str(spec), "--storage", str(tmp_path / "s"), "--dry-run"], cwd=tmp_path)
     assert dry.returncode == 0
     from orchestration.plan.cells import enumerate_cells
-    from orchestration.spec.model import load_spec
+    from orchestration.spec.load import load_spec
 
     cells = enumerate_cells(load_spec(spec))
     bad = next(c.key for c in cells if c.params["eta"] == 2.0)

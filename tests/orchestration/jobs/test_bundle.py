@@ -17,7 +17,7 @@ from orchestration.jobs.kinds import execute
 from orchestration.plan.bundles import CPU_AUTO, auto_size, bundle_id, make_bundles
 from orchestration.plan.cells import build_trial
 from orchestration.plan.trial import TrialConfig
-from orchestration.spec.model import parse_spec
+from orchestration.spec.load import parse_spec
 from orchestration.store.results import ResultStore
 from orchestration.store.storage import Storage
 from tests.orchestration.sweeps_helpers import cli, rows, small_spec, write_spec

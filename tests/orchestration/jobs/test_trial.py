@@ -25,7 +25,7 @@ from orchestration.jobs.base import RunContext
 from orchestration.jobs.kinds import execute
 from orchestration.plan.cells import build_trial
 from orchestration.plan.trial import TrialConfig
-from orchestration.spec.model import parse_spec
+from orchestration.spec.load import parse_spec
 from orchestration.store.cache import AECache, ae_cache_key
 from orchestration.store.results import ResultStore
 from orchestration.store.storage import Storage

@@ -27,7 +27,8 @@ from orchestration.plan.ablation import (
     validate_ablation,
 )
 from orchestration.plan.summary import make_plan
-from orchestration.spec.model import SweepSpec, parse_spec
+from orchestration.spec.load import parse_spec
+from orchestration.spec.model import SweepSpec
 from orchestration.store.results import ResultStore, RowWriter
 from orchestration.store.storage import Storage
 from tests.conftest import REPO
@@ -478,7 +479,7 @@ def test_the_driver_never_overwrites_a_done_unit(
 @pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_sweep_file_is_valid(path: Path) -> None:
     """Every file in sweeps/ passes the strict model (the data checks need data a user may lack)."""
-    from orchestration.spec.model import load_spec
+    from orchestration.spec.load import load_spec
 
     spec = load_spec(path, base_dir=str(REPO))
     assert spec.name == path.stem

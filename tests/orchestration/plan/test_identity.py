@@ -15,7 +15,8 @@ import yaml
 
 from orchestration.plan.cells import enumerate_cells
 from orchestration.plan.identity import differences
-from orchestration.spec.model import SweepSpec, parse_spec
+from orchestration.spec.load import parse_spec
+from orchestration.spec.model import SweepSpec
 from orchestration.store.results import ResultStore
 from orchestration.store.storage import Storage
 from tests.conftest import REPO

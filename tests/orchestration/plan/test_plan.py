@@ -24,7 +24,8 @@ from orchestration.plan.cells import (
 from orchestration.plan.preflight import check_resources, validate_spec
 from orchestration.plan.summary import make_plan
 from orchestration.plan.trial import TrialConfig
-from orchestration.spec.model import SweepSpec, load_spec, parse_spec
+from orchestration.spec.load import load_spec, parse_spec
+from orchestration.spec.model import SweepSpec
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -15,7 +15,8 @@ from deepsad.errors import ConfigError
 from orchestration.plan.cells import enumerate_cells
 from orchestration.plan.preflight import check_resources
 from orchestration.plan.resources import resolve
-from orchestration.spec.model import SweepSpec, load_spec, parse_spec
+from orchestration.spec.load import load_spec, parse_spec
+from orchestration.spec.model import SweepSpec
 from tests.conftest import REPO
 from tests.orchestration.sweeps_helpers import cli, rows, small_spec, write_spec
 

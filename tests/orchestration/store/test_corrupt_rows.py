@@ -19,7 +19,7 @@ import yaml
 from orchestration.jobs.base import RunContext
 from orchestration.jobs.kinds import execute
 from orchestration.plan.cells import enumerate_cells
-from orchestration.spec.model import parse_spec
+from orchestration.spec.load import parse_spec
 from orchestration.store.results import ResultStore
 from orchestration.store.storage import Storage
 from tests.orchestration.jobs.test_trial import FakeReporter
