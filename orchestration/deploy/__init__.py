@@ -1,3 +1,3 @@
-"""After a sweep: pulling the best checkpoint from the result store (`registry.py`) and exporting a
-model for serving (`export.py`).
+"""After a sweep: choosing and pulling the best checkpoint (`registry.py`), exporting a model for
+serving and scoring new data with it (`export.py`).
 """

@@ -1,5 +1,5 @@
-"""Running a sweep: submit and resume (`runner.py`), the local or remote Ray session
-(`ray_session.py`, `loopback.py`), the Ray Tune function (`tune_trial.py`), the Optuna search adapter
-(`search.py`), submission to a cluster through Ray Jobs (`remote.py`) and progress display
-(`progress.py`).
+"""Running a sweep on Ray: validation before any Ray (`prepare.py`), submit and resume with Ray Tune and
+the driver's store callback (`runner.py`), what runs inside a Tune trial (`tune_trial.py`), the
+Optuna searcher (`search.py`), the local or cluster Ray session (`ray_session.py`, `loopback.py`),
+submission to a cluster through Ray Jobs (`remote.py`) and the progress display (`progress.py`).
 """

@@ -13,6 +13,10 @@ final model. A sweep is resumable from that directory alone:
   Optuna study alone, in a new Tune run: the trials without a final row run (finished ones never do;
   a trial that finds its finished row in the store reports it instead of training again). Tune's own
   saved state — pickles — is never loaded (see :func:`_resume_plan`).
+
+The work is planned as jobs (:mod:`orchestration.jobs`): each Tune trial's config names its job, and
+neither the Tune grid, the store callback nor resume asks which kind a job is. The sweep is validated
+before any of this by :mod:`orchestration.engine.prepare`.
 """
 
 from __future__ import annotations
