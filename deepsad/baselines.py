@@ -181,18 +181,8 @@ def fit_baseline(
     Raises ConfigError for an unknown ``name``, an empty grid or ``max_fit_samples < 1``; DataError if a
     candidate yields NaN scores.
     """
-    if name not in _FITTERS:
-        raise ConfigError(f"unknown baseline {name!r} (known: {', '.join(sorted(_FITTERS))})")
-    if max_fit_samples < 1:
-        raise ConfigError(f"max_fit_samples must be >= 1, got {max_fit_samples}")
-    candidates = [dict(hp) for hp in (default_grid(name) if grid is None else grid)]
-    if not candidates:
-        raise ConfigError(f"{name}: the hyperparameter grid is empty")
-
-    x_train = _flat(data.x_train)
-    if name == "ocsvm" and x_train.shape[0] > max_fit_samples:
-        keep = np.random.default_rng(seed).choice(x_train.shape[0], max_fit_samples, replace=False)
-        x_train = x_train[np.sort(keep)]
+    candidates = _candidates(name, grid, max_fit_samples)
+    x_train = _fit_samples(name, _flat(data.x_train), max_fit_samples, seed)
     x_val = _flat(data.x_val)
 
     fitter = _FITTERS[name]
@@ -227,6 +217,29 @@ def fit_baseline(
         n_fit_samples=int(x_train.shape[0]),
         candidates=tuple(table),
     )
+
+
+def _candidates(name: BaselineName, grid: Sequence[Mapping[str, Any]] | None,
+                max_fit_samples: int) -> list[Hyperparameters]:
+    """The hyperparameter candidates of ``name`` (``grid`` or :func:`default_grid`), after checking
+    the arguments of :func:`fit_baseline`."""
+    if name not in _FITTERS:
+        raise ConfigError(f"unknown baseline {name!r} (known: {', '.join(sorted(_FITTERS))})")
+    if max_fit_samples < 1:
+        raise ConfigError(f"max_fit_samples must be >= 1, got {max_fit_samples}")
+    candidates = [dict(hp) for hp in (default_grid(name) if grid is None else grid)]
+    if not candidates:
+        raise ConfigError(f"{name}: the hyperparameter grid is empty")
+    return candidates
+
+
+def _fit_samples(name: BaselineName, x_train: np.ndarray, max_fit_samples: int, seed: int) -> np.ndarray:
+    """The rows every candidate is fitted on: for OC-SVM a seeded subsample of at most
+    ``max_fit_samples`` (in their original order), else all of ``x_train``."""
+    if name == "ocsvm" and x_train.shape[0] > max_fit_samples:
+        keep = np.random.default_rng(seed).choice(x_train.shape[0], max_fit_samples, replace=False)
+        x_train = x_train[np.sort(keep)]
+    return x_train
 
 
 def _flat(x: np.ndarray) -> np.ndarray:

@@ -48,19 +48,19 @@ from deepsad.bundle_strategies import Strategy, resolve_strategy
 from deepsad.checkpoint import from_json_value, to_json_value
 from deepsad.data.splits import SemiSupervisedSplit
 from deepsad.errors import CheckpointError, ConfigError, DataError
-from deepsad.model import DeepSADModel
 from deepsad.networks import build_autoencoder, build_encoder
+from deepsad.objective import Phase
 from deepsad.pool import SamplePool
+from deepsad.seeding import seeded
 from deepsad.stacked import StackedNet
 from deepsad.training import (
     AEResult,
     EpochReport,
     FitResult,
-    Phase,
     Snapshot,
     TrainConfig,
-    _seeded,
     to_layout,
+    trained_model,
     transfer_encoder,
 )
 
@@ -259,7 +259,7 @@ def _pretrain(run: _Run, groups: list[list[int]], resume: BundleState | None) ->
     reps = [g[0] for g in groups]
     nets = []
     for k in reps:
-        with _seeded(run.cfgs[k].seed, "ae-init"):
+        with seeded(run.cfgs[k].seed, "ae-init"):
             nets.append(build_autoencoder(run.cfgs[k].net))
     ph = _phase(run, "ae", reps, nets, [run.failures[k] is None for k in reps])
     try:
@@ -377,7 +377,7 @@ def _finetune(run: _Run, ae_states: list[dict[str, torch.Tensor] | None], resume
         BundleMemberResult]:
     nets = []
     for k, cfg in enumerate(run.cfgs):
-        with _seeded(cfg.seed, "sad-init"):
+        with seeded(cfg.seed, "sad-init"):
             net = build_encoder(cfg.net)
         if resume is None and ae_states[k] is not None and run.failures[k] is None:
             run.n_transferred[k] = transfer_encoder(net, ae_states[k],  # type: ignore[arg-type]
@@ -437,7 +437,7 @@ def _finetune_epochs(run: _Run, ph: BundlePhase, resume: BundleState | None) -> 
                 net.load_state_dict(ph.net.state_dict(ph.flat, ph.buffers, k))
                 hist = run.histories[k]
                 fit = FitResult(
-                    model=DeepSADModel.from_training(net, ph.c[k], cfg, split), history=list(hist),
+                    model=trained_model(net, ph.c[k], cfg, split), history=list(hist),
                     val_auroc=val.get(k, (None, None))[0], val_ap=val.get(k, (None, None))[1],
                     test_auroc=test_auroc, test_ap=test_ap,
                     ae_seconds=sum(h.seconds for h in hist if h.phase == "ae"), sad_seconds=sad_seconds,

@@ -40,11 +40,12 @@ from deepsad.bundle import train_bundle
 from deepsad.bundle_phase import BundlePhase
 from deepsad.data.splits import SemiSupervisedSplit
 from deepsad.distributed import DistContext, batches
-from deepsad.networks import build_autoencoder, build_encoder
-from deepsad.objective import EPS, deep_sad_losses, reconstruction_errors, squared_distance
+from deepsad.networks import build_autoencoder, build_encoder, is_image_net
+from deepsad.objective import Phase, phase_losses
 from deepsad.pool import SamplePool, epoch_plan
+from deepsad.seeding import derive_seed, seeded
 from deepsad.stacked import StackedNet
-from deepsad.training import TrainConfig, derive_seed, init_center, to_layout, train, transfer_encoder
+from deepsad.training import TrainConfig, init_center, to_layout, train, transfer_encoder
 
 #: A member departs at a stage when it differs from its separate run by more than FACTOR times what
 #: kernel choice alone changes there (and more than the stage's floor).
@@ -102,17 +103,12 @@ def relative_deviation(a: torch.Tensor, b: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- first steps
 
 
-def _image(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d | nn.ConvTranspose2d) for m in module.modules())
-
-
-def _seeded_module(cfg: TrainConfig, phase: str) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed, f"{phase}-init"))
+def _seeded_module(cfg: TrainConfig, phase: Phase) -> nn.Module:
+    with seeded(cfg.seed, f"{phase}-init"):
         return build_autoencoder(cfg.net) if phase == "ae" else build_encoder(cfg.net)
 
 
-def separate_first_step(split: SemiSupervisedSplit, cfg: TrainConfig, phase: str,
+def separate_first_step(split: SemiSupervisedSplit, cfg: TrainConfig, phase: Phase,
                         ae_state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The first step of ``phase`` exactly as :func:`deepsad.training.train` takes it (same init,
     permutation, first batch, layout, loss, ``torch.optim.Adam``): ``loss`` (the batch's loss sum),
@@ -124,7 +120,7 @@ def separate_first_step(split: SemiSupervisedSplit, cfg: TrainConfig, phase: str
         transfer_encoder(net, ae_state, reference_compat=cfg.reference_compat)
     net.to(device)
     x_all = torch.as_tensor(split.train.x, dtype=torch.float32).to(device)
-    if _image(net):
+    if is_image_net(net):
         net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         x_all = to_layout(x_all)
     optim = cfg.ae if phase == "ae" else cfg.sad
@@ -135,11 +131,8 @@ def separate_first_step(split: SemiSupervisedSplit, cfg: TrainConfig, phase: str
     net.train()
     x = x_all[idx]
     out = net(x)
-    if phase == "ae":
-        losses = reconstruction_errors(out.float(), x)
-    else:
-        semi = torch.as_tensor(split.train.semi_targets, dtype=torch.int64).to(device)[idx]
-        losses = deep_sad_losses(squared_distance(out.float(), c), semi, cfg.eta, EPS)  # type: ignore[arg-type]
+    semi = torch.as_tensor(split.train.semi_targets, dtype=torch.int64).to(device)[idx] if phase == "sad" else None
+    losses = phase_losses(phase, out, x=x, c=c, semi_targets=semi, eta=cfg.eta)
     (losses.sum() / idx.numel()).backward()
     params = list(net.parameters())
     grad = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
@@ -148,7 +141,7 @@ def separate_first_step(split: SemiSupervisedSplit, cfg: TrainConfig, phase: str
                                                                                        for p in params])}
 
 
-def bundle_first_step(splits: Sequence[SemiSupervisedSplit], cfgs: Sequence[TrainConfig], phase: str,
+def bundle_first_step(splits: Sequence[SemiSupervisedSplit], cfgs: Sequence[TrainConfig], phase: Phase,
                       member: int, ae_states: Sequence[dict[str, torch.Tensor] | None] | None = None
                       ) -> dict[str, torch.Tensor]:
     """Member ``member``'s first step of ``phase`` in a vmap bundle of ``cfgs`` (what
@@ -165,7 +158,7 @@ def bundle_first_step(splits: Sequence[SemiSupervisedSplit], cfgs: Sequence[Trai
     pool, parts = SamplePool.build([(s, s.train) for s in splits], device)
     optims = [c.ae if phase == "ae" else c.sad for c in cfgs]
     eta = torch.tensor([c.eta for c in cfgs], dtype=torch.float32, device=device)
-    ph = BundlePhase(phase=phase, net=view, template=nets[0], flat=flat, buffers=buffers,  # type: ignore[arg-type]
+    ph = BundlePhase(phase=phase, net=view, template=nets[0], flat=flat, buffers=buffers,
                      pool=pool, parts=parts, optims=optims, seeds=[c.seed for c in cfgs],  # type: ignore[arg-type]
                      alive=[True] * len(cfgs), bf16=cfgs[0].bf16, strategy="vmap", eta=eta)
     try:

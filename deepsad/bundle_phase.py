@@ -9,8 +9,8 @@ and running-stat update are kept only if its loss, gradient, batch statistics an
 finite; otherwise it is marked diverged and frozen at its last finite state, which no other member
 can notice.
 
-Each member follows :func:`deepsad.training._run_epochs` for its own configuration: the same seeded
-permutations, batches, loss normalisation (sum / batch size), Adam and MultiStepLR (γ = 0.1).
+Each member follows the epoch loop of :func:`deepsad.training.train` for its own configuration: the
+same seeded permutations, batches, loss normalisation (sum / batch size), Adam and MultiStepLR (γ = 0.1).
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from deepsad.bundle_strategies import BundleStrategy, LoopStrategy, VmapStrategy
-from deepsad.objective import adjust_center
+from deepsad.objective import Phase, adjust_center, squared_distance
 from deepsad.pool import PooledPart, SamplePool, epoch_plan
+from deepsad.seeding import derive_seed
 from deepsad.stacked import StackedAdam, StackedNet
-from deepsad.training import OptimConfig, Phase, derive_seed
+from deepsad.training import OptimConfig
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ class BundlePhase:
                          device=self.device)
         wanted = range(self.k) if members is None else members
         for rows, cols, z in self.strategy.embeddings(self.flat, self.buffers, parts, eval_samples, wanted):
-            out[rows, cols] = ((z - c[rows].unsqueeze(1)) ** 2).sum(-1)
+            out[rows, cols] = squared_distance(z, c[rows].unsqueeze(1))
         return out
 
     def scores(self, parts: Sequence[PooledPart], c: torch.Tensor, eval_samples: int = 1 << 16,

@@ -34,10 +34,11 @@ from torch import nn
 from torch.func import grad, vmap
 
 from deepsad.errors import ConfigError
-from deepsad.objective import EPS, deep_sad_losses, reconstruction_errors, squared_distance
+from deepsad.networks import is_image_net
+from deepsad.objective import Phase, phase_losses
 from deepsad.pool import EpochPlan, PooledPart, SamplePool
 from deepsad.stacked import BatchStats, StackedAdam, StackedNet
-from deepsad.training import Phase, _autocast, _is_image_net
+from deepsad.training import autocast
 from deepsad.workers import MemberWorkers
 
 #: What a caller may ask for; "auto" resolves by device.
@@ -141,12 +142,9 @@ class VmapStrategy:
         eta: torch.Tensor,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, BatchStats]]:
         """One member's step loss (vmapped): flat (P,), x (B, ...), semi (B,), mask (B,), c (rep,), eta ()."""
-        with _autocast(self.device, self.bf16):
+        with autocast(self.device, self.bf16):
             out, stats = self.net.train_forward(flat, x, mask, self._full)
-        if self.phase == "ae":
-            losses = reconstruction_errors(out.float(), x)
-        else:
-            losses = deep_sad_losses(squared_distance(out.float(), c), semi, eta, EPS)  # type: ignore[arg-type]
+        losses = phase_losses(self.phase, out, x=x, c=c, semi_targets=semi, eta=eta)
         total = torch.where(mask, losses, torch.zeros_like(losses)).sum()
         return total / mask.sum(), (total.detach(), stats)
 
@@ -235,7 +233,7 @@ class LoopStrategy:
         self.params: list[list[nn.Parameter]] = []
         for m in range(k):
             module = copy.deepcopy(template).to(self.device)
-            if _is_image_net(module):
+            if is_image_net(module):
                 module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             module.requires_grad_(True)
             for name in net.buffer_names:
@@ -245,7 +243,7 @@ class LoopStrategy:
             self.params.append([module.get_parameter(n) for n in net.param_names])
         self._slots = list(zip(net.offsets, net.offsets[1:], net.param_shapes, strict=False))
         self._training: bool | None = None
-        image = _is_image_net(template)
+        image = is_image_net(template)
         self.workers = MemberWorkers(k, self.device, wanted=image)
         self.eval_batch = LOOP_EVAL_BATCH["image" if image else "tabular"]
 
@@ -275,13 +273,10 @@ class LoopStrategy:
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Member k's step s on its n rows: (gradient of loss sum / n (P,), loss sum ())."""
         x = self.pool.x[plan.rows[s, k, :n]]
-        with _autocast(self.device, self.bf16):
+        with autocast(self.device, self.bf16):
             out = self.modules[k](x)
-        if self.phase == "ae":
-            losses = reconstruction_errors(out.float(), x)
-        else:
-            losses = deep_sad_losses(squared_distance(out.float(), c[k]), plan.semi_targets[s, k, :n],
-                                     self.eta[k], EPS)
+        losses = phase_losses(self.phase, out, x=x, c=c[k], semi_targets=plan.semi_targets[s, k, :n],
+                              eta=self.eta[k])
         loss_sum = losses.sum()
         grads = torch.autograd.grad(loss_sum / n, self.params[k])
         return torch.cat([gr.reshape(-1) for gr in grads]), loss_sum.detach()

@@ -29,6 +29,7 @@ from deepsad.data.idx import read_idx
 from deepsad.data.tabular import is_header_row, is_number  # noqa: F401  (is_header_row: re-exported)
 from deepsad.errors import CheckpointError, ConfigError, DataError
 from deepsad.model import DeepSADModel
+from deepsad.objective import squared_distance
 
 InputKind = Literal["image", "tabular"]
 _DTYPES: dict[str, str] = {"image": "uint8", "tabular": "float64"}
@@ -152,7 +153,7 @@ class RawScorer(nn.Module):
             h = ((z - self.prep_min) / self.prep_range).to(torch.float32)
         else:
             h = x.to(torch.float32) / 255.0
-        return ((self.net(h).float() - self.c) ** 2).sum(dim=1)
+        return squared_distance(self.net(h).float(), self.c)
 
 
 def build_scorer(model: DeepSADModel, device: str | torch.device = "cpu") -> RawScorer:

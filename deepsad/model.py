@@ -12,7 +12,7 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,10 +25,6 @@ from deepsad.errors import CheckpointError
 from deepsad.networks import NetConfig, build_encoder
 from deepsad.objective import squared_distance
 
-if TYPE_CHECKING:
-    from deepsad.data.splits import SemiSupervisedSplit
-    from deepsad.training import TrainConfig
-
 KIND = "model"
 
 
@@ -40,7 +36,8 @@ def versions() -> dict[str, str]:
 
 @dataclass(frozen=True, eq=False)
 class DeepSADModel:
-    """Everything needed to score new raw inputs.
+    """Everything needed to score new raw inputs (a training builds one with
+    :func:`deepsad.training.trained_model`; :meth:`load` reads a saved one).
 
     Attributes:
         net_config: architecture and rep_dim.
@@ -57,24 +54,6 @@ class DeepSADModel:
     eta: float
     preprocessing: Preprocessing
     meta: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_training(cls, net: nn.Module, c: torch.Tensor, cfg: TrainConfig, split: SemiSupervisedSplit) -> DeepSADModel:
-        return cls(
-            net_config=cfg.net,
-            state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-            c=c.detach().cpu().clone(),
-            eta=cfg.eta,
-            preprocessing=split.preprocessing,
-            meta={
-                "dataset": split.dataset,
-                "fingerprint": split.fingerprint,
-                "normal_classes": list(split.protocol.normal_classes),
-                "known_anomaly_classes": list(split.known_anomaly_classes),
-                "config": cfg.to_dict(),
-                "versions": versions(),
-            },
-        )
 
     def network(self, device: str | torch.device = "cpu") -> nn.Module:
         """The network with the trained weights, in eval mode, on ``device``."""

@@ -454,3 +454,8 @@ def build_autoencoder(cfg: NetConfig) -> Autoencoder:
     """The autoencoder whose ``encoder`` has the architecture of :func:`build_encoder`."""
     enc, dec = _BUILDERS[cfg.name](cfg)
     return Autoencoder(enc, dec)
+
+
+def is_image_net(module: nn.Module) -> bool:
+    """Whether ``module`` has a convolution (so it takes images and runs channels-last in training)."""
+    return any(isinstance(m, nn.Conv2d | nn.ConvTranspose2d) for m in module.modules())

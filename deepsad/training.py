@@ -9,18 +9,18 @@ Order of work, as in the paper and the reference code:
 1. pretrain an autoencoder (MSE, Adam with weight decay, MultiStepLR) — :func:`pretrain`;
 2. copy its encoder into the Deep SAD network, set c = mean embedding of all training samples
    (eval mode) with small coordinates pushed to ±0.1, and minimise the Deep SAD loss — :func:`finetune`.
-:func:`train` runs both and returns a :class:`deepsad.model.DeepSADModel` with its metrics.
+:func:`train` runs both and returns a :class:`deepsad.model.DeepSADModel` (built by
+:func:`trained_model`) with its metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -40,12 +40,10 @@ from deepsad.checkpoint import (
 from deepsad.data.splits import Part, SemiSupervisedSplit
 from deepsad.distributed import DistContext, batches, convert_batchnorm
 from deepsad.errors import CheckpointError, ConfigError
-from deepsad.model import DeepSADModel
-from deepsad.networks import NetConfig, build_autoencoder, build_encoder
-from deepsad.objective import EPS, adjust_center, deep_sad_losses, reconstruction_errors, squared_distance
-
-Phase = Literal["ae", "sad"]
-
+from deepsad.model import DeepSADModel, versions
+from deepsad.networks import NetConfig, build_autoencoder, build_encoder, is_image_net
+from deepsad.objective import Phase, adjust_center, phase_losses, squared_distance
+from deepsad.seeding import derive_seed, seeded
 
 # --------------------------------------------------------------------------- configuration
 
@@ -227,24 +225,6 @@ class FitResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def derive_seed(seed: int, purpose: str) -> int:
-    """A stable 63-bit seed for one purpose (init, shuffling, ...) derived from the run's seed."""
-    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def _seeded(seed: int, purpose: str) -> contextlib.AbstractContextManager[Any]:
-    """Seed torch's global RNG (used by layer initialisers) without disturbing the caller's."""
-
-    @contextlib.contextmanager
-    def ctx() -> Iterator[None]:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, purpose))
-            yield
-
-    return ctx()
-
-
 @dataclass(frozen=True, eq=False)
 class DeviceData:
     """A split part as tensors on the device. x: (N, ...) float32; targets/labels: (N,) int64."""
@@ -265,7 +245,8 @@ class DeviceData:
         return int(self.x.shape[0])
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on ``device`` for the block when ``enabled`` (the ``bf16`` option), else nothing."""
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -308,6 +289,28 @@ def init_center(net: nn.Module, x: torch.Tensor, ctx: DistContext, batch_size: i
     total[rep_dim] = float(share.numel())
     ctx.all_reduce_(total)
     return adjust_center((total[:rep_dim] / total[rep_dim]).float())
+
+
+def trained_model(net: nn.Module, c: torch.Tensor, cfg: TrainConfig,
+                  split: SemiSupervisedSplit) -> DeepSADModel:
+    """The :class:`~deepsad.model.DeepSADModel` of a finished training: ``net``'s tensors and ``c``
+    copied to the CPU, η and the network config from ``cfg``, the split's preprocessing, and
+    provenance (data set, split fingerprint and classes, training config, library versions)."""
+    return DeepSADModel(
+        net_config=cfg.net,
+        state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+        c=c.detach().cpu().clone(),
+        eta=cfg.eta,
+        preprocessing=split.preprocessing,
+        meta={
+            "dataset": split.dataset,
+            "fingerprint": split.fingerprint,
+            "normal_classes": list(split.protocol.normal_classes),
+            "known_anomaly_classes": list(split.known_anomaly_classes),
+            "config": cfg.to_dict(),
+            "versions": versions(),
+        },
+    )
 
 
 def transfer_encoder(net: nn.Module, ae_state: dict[str, torch.Tensor], *, reference_compat: bool = False) -> int:
@@ -355,13 +358,9 @@ def _history(state: TrainState | None, phase: Phase) -> list[EpochReport]:
 def _prepare(module: nn.Module, device: torch.device, ctx: DistContext) -> nn.Module:
     """Move to the device in the memory layout of the data (see :func:`to_layout`); sync BN if distributed."""
     module.to(device)
-    if _is_image_net(module):
+    if is_image_net(module):
         module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return convert_batchnorm(module) if ctx.active else module
-
-
-def _is_image_net(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d | nn.ConvTranspose2d) for m in module.modules())
 
 
 def to_layout(x: torch.Tensor) -> torch.Tensor:
@@ -468,7 +467,7 @@ def pretrain(
         raise ConfigError("ae: pretraining is disabled in this configuration")
     _check_resume(resume, cfg, split.fingerprint, "ae")
     device, ctx = torch.device(cfg.device), DistContext.current()
-    with _seeded(cfg.seed, "ae-init"):
+    with seeded(cfg.seed, "ae-init"):
         ae = build_autoencoder(cfg.net)
     if resume is not None:
         ae.load_state_dict({k[4:]: v for k, v in resume.tensors.items() if k.startswith("net.")})
@@ -477,9 +476,9 @@ def pretrain(
 
     def step_loss(local: torch.Tensor) -> torch.Tensor:
         x = data.x[local]
-        with _autocast(device, cfg.bf16):
+        with autocast(device, cfg.bf16):
             x_hat = ae(x)
-        return reconstruction_errors(x_hat.float(), x)
+        return phase_losses("ae", x_hat, x=x)
 
     def snapshot(epoch: int, opt: Any, sched: Any, gen: torch.Generator, hist: list[EpochReport]) -> TrainState:
         return _state(phase="ae", epoch=epoch, module=ae, opt=opt, sched=sched, gen=gen, history=hist,
@@ -493,6 +492,31 @@ def pretrain(
     )
     state = {k: v.detach().cpu().clone() for k, v in ae.state_dict().items()}
     return AEResult(state, history, time.perf_counter() - t0)
+
+
+def _sad_start(
+    cfg: TrainConfig, train_data: DeviceData, device: torch.device, ctx: DistContext, *,
+    ae_state: dict[str, torch.Tensor] | None, resume: TrainState | None,
+    prior_history: list[EpochReport] | None,
+) -> tuple[nn.Module, torch.Tensor, int, list[EpochReport]]:
+    """Where fine-tuning starts: the prepared network, c, the number of transferred encoder tensors and
+    the AE history — from ``resume``, or else a seeded init, the pretrained encoder and a fresh c."""
+    with seeded(cfg.seed, "sad-init"):
+        net = build_encoder(cfg.net)
+    if resume is not None:
+        net.load_state_dict({k[4:]: v for k, v in resume.tensors.items() if k.startswith("net.")})
+        c = resume.tensors["c"].to(device)
+        n_transferred = int(resume.meta["n_transferred"])
+        ae_hist = _history(resume, "ae")
+        net = _prepare(net, device, ctx)
+    else:
+        n_transferred = 0
+        if ae_state is not None:
+            n_transferred = transfer_encoder(net, ae_state, reference_compat=cfg.reference_compat)
+        net = _prepare(net, device, ctx)
+        c = init_center(net, train_data.x, ctx)
+        ae_hist = list(prior_history or [])
+    return net, c, n_transferred, ae_hist
 
 
 def finetune(
@@ -516,26 +540,13 @@ def finetune(
     device, ctx = torch.device(cfg.device), DistContext.current()
     train = DeviceData.from_part(split.train, device)
     val = DeviceData.from_part(split.val, device)
-    with _seeded(cfg.seed, "sad-init"):
-        net = build_encoder(cfg.net)
-    if resume is not None:
-        net.load_state_dict({k[4:]: v for k, v in resume.tensors.items() if k.startswith("net.")})
-        c = resume.tensors["c"].to(device)
-        n_transferred = int(resume.meta["n_transferred"])
-        ae_hist = _history(resume, "ae")
-        net = _prepare(net, device, ctx)
-    else:
-        n_transferred = 0
-        if ae_state is not None:
-            n_transferred = transfer_encoder(net, ae_state, reference_compat=cfg.reference_compat)
-        net = _prepare(net, device, ctx)
-        c = init_center(net, train.x, ctx)
-        ae_hist = list(prior_history or [])
+    net, c, n_transferred, ae_hist = _sad_start(cfg, train, device, ctx, ae_state=ae_state, resume=resume,
+                                                prior_history=prior_history)
 
     def step_loss(local: torch.Tensor) -> torch.Tensor:
-        with _autocast(device, cfg.bf16):
+        with autocast(device, cfg.bf16):
             z = net(train.x[local])
-        return deep_sad_losses(squared_distance(z.float(), c), train.semi_targets[local], cfg.eta, EPS)
+        return phase_losses("sad", z, c=c, semi_targets=train.semi_targets[local], eta=cfg.eta)
 
     def validate() -> tuple[float | None, float | None]:
         if len(np.unique(val.labels)) < 2:
@@ -559,17 +570,12 @@ def finetune(
     val_auroc, val_ap = validate()
     test = DeviceData.from_part(split.test, device)
     test_scores = anomaly_scores(net, c, test.x).cpu().numpy()
-    model = DeepSADModel.from_training(net, c, cfg, split)
+    model = trained_model(net, c, cfg, split)
     return FitResult(
-        model=model,
-        history=ae_hist + history,
-        val_auroc=val_auroc,
-        val_ap=val_ap,
+        model=model, history=ae_hist + history, val_auroc=val_auroc, val_ap=val_ap,
         test_auroc=metrics.auroc(test.labels, test_scores),
         test_ap=metrics.average_precision(test.labels, test_scores),
-        ae_seconds=sum(h.seconds for h in ae_hist),
-        sad_seconds=sad_seconds,
-        n_transferred=n_transferred,
+        ae_seconds=sum(h.seconds for h in ae_hist), sad_seconds=sad_seconds, n_transferred=n_transferred,
     )
 
 

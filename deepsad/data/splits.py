@@ -308,6 +308,34 @@ def make_split(data: Dataset, protocol: Protocol) -> SemiSupervisedSplit:
         DataError: the data cannot satisfy the protocol (too few anomalies for the asked labelled
             or pollution counts, no normal samples, no anomaly class, a class too small to stratify).
     """
+    known = _check_protocol(data, protocol)
+    normal = np.asarray(protocol.normal_classes, dtype=np.int64)
+    y_train = np.asarray(data.y_train).astype(np.int64, copy=False)
+    train_pool, val_pool, test_idx, test_source = _carve_parts(data, y_train, protocol)
+    train_counts, val_counts = _setting_counts(data.name, y_train, train_pool, val_pool, normal, protocol)
+
+    gl, gp, count = protocol.ratio_known_outlier, protocol.ratio_pollution, protocol.n_labeled_anomalies
+    what = f"ratio_known_outlier={gl}" if count is None else f"n_labeled_anomalies={count}"
+    errors = (data.name, what, f"ratio_pollution={gp}")
+    known_arr = np.asarray(known, dtype=np.int64)
+    train_rng, val_rng = _stream(protocol, _STREAM_TRAIN_SETTING), _stream(protocol, _STREAM_VAL_SETTING)
+    train_idx, train_st = _draw_setting(
+        y_train, train_pool, normal, known_arr, train_counts, train_rng, errors
+    )
+    val_idx, val_st = _draw_setting(y_train, val_pool, normal, known_arr, val_counts, val_rng, None)
+
+    kind: PreprocessingKind = "scale255" if data.kind == "image" else "standard_minmax"
+    preprocessing = fit_preprocessing(kind, data.x_train[train_idx])
+    train = _part(data, y_train, normal, preprocessing, train_idx, train_st, "train")
+    val = _part(data, y_train, normal, preprocessing, val_idx, val_st, "train")
+    test_st = np.zeros(test_idx.size, np.int64)
+    test = _part(data, y_train, normal, preprocessing, test_idx, test_st, test_source)
+    fingerprint = _fingerprint(data, protocol, known, (train, val, test), kind)
+    return SemiSupervisedSplit(data.name, protocol, known, train, val, test, preprocessing, fingerprint)
+
+
+def _check_protocol(data: Dataset, protocol: Protocol) -> tuple[int, ...]:
+    """Check that ``protocol`` fits ``data``; returns the known anomaly classes (drawn if not given)."""
     classes = data.classes
     _check_classes(data.name, protocol, classes)
     if data.kind == "image" and data.x_train.dtype != np.uint8:
@@ -315,11 +343,14 @@ def make_split(data: Dataset, protocol: Protocol) -> SemiSupervisedSplit:
     anomaly_classes = tuple(c for c in classes if c not in protocol.normal_classes)
     if not anomaly_classes:
         raise DataError(f"{data.name}: every class is normal; the protocol needs at least one anomaly class")
-    known = _known_classes(data.name, protocol, anomaly_classes)
-    normal = np.asarray(protocol.normal_classes, dtype=np.int64)
-    known_arr = np.asarray(known, dtype=np.int64)
+    return _known_classes(data.name, protocol, anomaly_classes)
 
-    y_train = np.asarray(data.y_train).astype(np.int64, copy=False)
+
+def _carve_parts(
+    data: Dataset, y_train: np.ndarray, protocol: Protocol
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Source]:
+    """``(train_pool, val_pool, test, test_source)`` row indices: the test part is the data set's test
+    split, or carved from its training split when it has none; validation is carved from the rest."""
     test_source: Source
     if data.y_test is None:
         test_source = "train"
@@ -330,10 +361,17 @@ def make_split(data: Dataset, protocol: Protocol) -> SemiSupervisedSplit:
     train_pool, val_pool = _carve_val(
         y_train, pool, protocol.val_fraction, _stream(protocol, _STREAM_VAL_CARVE)
     )
+    return train_pool, val_pool, test_idx, test_source
 
+
+def _setting_counts(
+    name: str, y_train: np.ndarray, train_pool: np.ndarray, val_pool: np.ndarray, normal: np.ndarray,
+    protocol: Protocol,
+) -> tuple[SettingCounts, SettingCounts]:
+    """The training and validation parts' sample counts (see :func:`solve_setting_counts`)."""
     n_normal_train = int(np.isin(y_train[train_pool], normal).sum())
     if n_normal_train == 0:
-        raise DataError(f"{data.name}: the training pool has no sample of the normal classes {list(normal)}")
+        raise DataError(f"{name}: the training pool has no sample of the normal classes {list(normal)}")
     n_normal_val = int(np.isin(y_train[val_pool], normal).sum())
     gn, gl, gp = protocol.ratio_known_normal, protocol.ratio_known_outlier, protocol.ratio_pollution
     count, val_count = protocol.n_labeled_anomalies, None
@@ -343,43 +381,31 @@ def make_split(data: Dataset, protocol: Protocol) -> SemiSupervisedSplit:
     try:
         train_counts = solve_setting_counts(n_normal_train, gn, gl, gp, count)
     except DataError as e:
-        raise DataError(f"{data.name}: {e}") from e
+        raise DataError(f"{name}: {e}") from e
     # The validation part's counts are derived, not asked for, so they are clipped (here and in the
     # draw) rather than failing a run that the training part can serve.
     val_counts = solve_setting_counts(n_normal_val, gn, gl, gp, val_count, strict=False)
     if train_counts.n_known_outlier > 0 and val_counts.n_known_outlier == 0:
         # Model selection needs labelled anomalies in validation whenever training has them.
         val_counts = replace(val_counts, n_known_outlier=1)
+    return train_counts, val_counts
 
-    what = f"ratio_known_outlier={gl}" if count is None else f"n_labeled_anomalies={count}"
-    errors = (data.name, what, f"ratio_pollution={gp}")
-    train_rng, val_rng = _stream(protocol, _STREAM_TRAIN_SETTING), _stream(protocol, _STREAM_VAL_SETTING)
-    train_idx, train_st = _draw_setting(
-        y_train, train_pool, normal, known_arr, train_counts, train_rng, errors
+
+def _part(data: Dataset, y_train: np.ndarray, normal: np.ndarray, preprocessing: Preprocessing,
+          idx: np.ndarray, semi_targets: np.ndarray, source: Source) -> Part:
+    """The part of rows ``idx`` of the data set's ``source`` split (``y_train``: the training labels
+    as int64), preprocessed."""
+    x, y = (data.x_train, y_train) if source == "train" else (data.x_test, data.y_test)
+    assert x is not None and y is not None  # source "test" only when the Dataset has a test split
+    cls = np.asarray(y[idx]).astype(np.int64)
+    return Part(
+        x=preprocessing.apply(x[idx]),
+        labels=(~np.isin(cls, normal)).astype(np.int64),
+        semi_targets=semi_targets.astype(np.int64),
+        classes=cls,
+        indices=idx.astype(np.int64),
+        source=source,
     )
-    val_idx, val_st = _draw_setting(y_train, val_pool, normal, known_arr, val_counts, val_rng, None)
-
-    kind: PreprocessingKind = "scale255" if data.kind == "image" else "standard_minmax"
-    preprocessing = fit_preprocessing(kind, data.x_train[train_idx])
-
-    def part(idx: np.ndarray, semi_targets: np.ndarray, source: Source) -> Part:
-        x, y = (data.x_train, y_train) if source == "train" else (data.x_test, data.y_test)
-        assert x is not None and y is not None  # source "test" only when the Dataset has a test split
-        cls = np.asarray(y[idx]).astype(np.int64)
-        return Part(
-            x=preprocessing.apply(x[idx]),
-            labels=(~np.isin(cls, normal)).astype(np.int64),
-            semi_targets=semi_targets.astype(np.int64),
-            classes=cls,
-            indices=idx.astype(np.int64),
-            source=source,
-        )
-
-    train = part(train_idx, train_st, "train")
-    val = part(val_idx, val_st, "train")
-    test = part(test_idx, np.zeros(test_idx.size, np.int64), test_source)
-    fingerprint = _fingerprint(data, protocol, known, (train, val, test), kind)
-    return SemiSupervisedSplit(data.name, protocol, known, train, val, test, preprocessing, fingerprint)
 
 
 def _stream(protocol: Protocol, step: int) -> np.random.Generator:

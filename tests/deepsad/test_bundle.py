@@ -155,7 +155,7 @@ def _plain_layout(monkeypatch: pytest.MonkeyPatch) -> None:
     variance in one pass; after MNIST's first convolution (|mean| >> std) that alone gives the
     gradients ~1e-3 relative error and moves a 2-epoch LeNet run by ~1e-2 — far above the bundle's
     deviation from the contiguous run, which is what these tests compare against."""
-    monkeypatch.setattr(training, "_is_image_net", lambda module: False)
+    monkeypatch.setattr(training, "is_image_net", lambda module: False)
     monkeypatch.setattr(training, "to_layout", lambda x: x)
 
 
