@@ -25,13 +25,7 @@ import pytest
 
 from tests.conftest import REPO
 
-PACKAGES = [
-    pytest.param("deepsad", id="deepsad"),
-    pytest.param(
-        "orchestration", id="orchestration",
-        marks=pytest.mark.xfail(strict=False, reason="issue 15: orchestration is being untangled"),
-    ),
-]
+PACKAGES = [pytest.param("deepsad", id="deepsad"), pytest.param("orchestration", id="orchestration")]
 
 
 # --------------------------------------------------------------------------- the checker
