@@ -1,0 +1,241 @@
+"""Delta Lake tables of rows keyed by one column (delta-rs, ``deltalake``): the table format the result
+store moves to (issue 16) — ACID commits, one row per key by MERGE, compaction, snapshots that readers
+see whole while a writer commits, readable by duckdb, polars, pandas and Spark, local or on S3.
+
+A :class:`DeltaRows` lives in a directory of a :class:`~orchestration.store.storage.Storage` (its
+``_delta_log/`` and Parquet data files). Rows are partitioned by one low-cardinality column (a trial's
+``status``), so that an upsert touches only the partitions its keys are stored in: with ``stored`` (key
+→ partition value, the writer's ledger) new keys are appended and known keys MERGEd within their own
+partitions, which keeps a commit cheap on a table of a million rows; without it a full MERGE on the key.
+A commit that loses a race with another writer is retried on the table's new version (a MERGE is
+idempotent). :meth:`DeltaRows.maintain` compacts small files, removes files that no snapshot of the last
+:data:`RETENTION_HOURS` needs, checkpoints the log and drops old log entries.
+
+On S3 the table is reached with the settings of :mod:`orchestration.store.s3` (endpoint, region,
+addressing); credentials stay with the standard AWS chain, which delta-rs reads itself, and are never
+passed or stored. Commits use S3's conditional writes, so no lock service is needed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from deepsad.errors import StorageError
+from orchestration.store.storage import Storage
+
+#: Removed data files and log entries are kept this long, so that a reader's snapshot stays readable.
+RETENTION_HOURS = 1
+#: Compaction's target file size.
+TARGET_FILE_BYTES = 32 << 20
+#: Commits retried after losing a race with another writer.
+COMMIT_ATTEMPTS = 8
+_LOG = "_delta_log"
+
+
+def storage_options(storage: Storage) -> dict[str, str]:
+    """How delta-rs reaches ``storage``: nothing for a local directory; for ``s3://`` the endpoint,
+    region and addressing of :class:`orchestration.store.s3.S3Settings` (never credentials)."""
+    if storage.is_local:
+        return {}
+    from orchestration.store.s3 import S3Settings
+
+    s = S3Settings.from_env()
+    out = {"AWS_REGION": s.region} if s.region else {}
+    if s.endpoint:
+        out.update(AWS_ENDPOINT_URL=s.endpoint, AWS_ALLOW_HTTP="true" if s.endpoint.startswith("http://") else "false")
+    if s.addressing is not None:
+        out["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = "true" if s.addressing == "virtual" else "false"
+    return out
+
+
+def table_uri(storage: Storage) -> str:
+    """The table's URI for delta-rs: an absolute local path, or ``s3://bucket/prefix``."""
+    return storage.root if storage.is_local else storage.uri
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One version of a table, read whole: what every reader sees while writers commit."""
+
+    version: int
+    table: pa.Table
+
+
+class DeltaRows:
+    """A Delta table of rows of ``schema``, one per ``key``, partitioned by ``partition`` (see the module
+    docstring). Every method raises :class:`StorageError` with one line on a failure."""
+
+    def __init__(self, storage: Storage, schema: pa.Schema, *, key: str, partition: str | None = None) -> None:
+        self.storage, self.schema, self.key, self.partition = storage, schema, key, partition
+        self._uri, self._options = table_uri(storage), storage_options(storage)
+
+    # ------------------------------------------------------------------------------------ reading
+
+    def exists(self) -> bool:
+        return self.storage.exists(_LOG)
+
+    def _table(self, version: int | None = None) -> Any:
+        from deltalake import DeltaTable
+
+        try:
+            return DeltaTable(self._uri, version=version, storage_options=self._options)
+        except Exception as e:
+            raise StorageError(f"{self.storage.uri}: cannot open the table ({_why(e)})") from e
+
+    def version(self) -> int | None:
+        """The latest version, or None if the table was never written."""
+        return int(self._table().version()) if self.exists() else None
+
+    def read(self, columns: Sequence[str] | None = None, filter: pc.Expression | None = None,
+             version: int | None = None) -> Snapshot:
+        """The rows of one version (the latest unless ``version``), typed by the schema."""
+        schema = pa.schema([self.schema.field(c) for c in columns]) if columns else self.schema
+        if not self.exists():
+            return Snapshot(-1, schema.empty_table())
+        dt = self._table(version)
+        for attempt in range(3):
+            try:
+                # pyarrow's own file system: delta-rs' default one may abort the process at exit
+                fs = pafs.SubTreeFileSystem(self.storage.root, self.storage.filesystem)
+                ds: pads.Dataset = dt.to_pyarrow_dataset(filesystem=fs, schema=self.schema)
+                table = ds.to_table(columns=list(columns) if columns else None, filter=filter)
+                return Snapshot(int(dt.version()), table.cast(schema))
+            except FileNotFoundError:
+                if version is not None or attempt == 2:
+                    raise
+                dt = self._table()  # compacted and vacuumed under us: read the newer version
+        raise AssertionError("unreachable")
+
+    def counts(self) -> dict[str, int]:
+        """Rows per partition value, from the log alone (no data file is read)."""
+        if self.partition is None:
+            raise ValueError("counts() needs a partitioned table")
+        if not self.exists():
+            return {}
+        actions = pa.table(self._table().get_add_actions(flatten=True))
+        if actions.num_rows == 0:
+            return {}
+        grouped = actions.group_by(f"partition.{self.partition}").aggregate([("num_records", "sum")])
+        return {str(v): int(n) for v, n in zip(grouped.column(0).to_pylist(), grouped.column(1).to_pylist(),
+                                               strict=True)}
+
+    # ------------------------------------------------------------------------------------ writing
+
+    def _create(self) -> Any:
+        from deltalake import DeltaTable
+
+        return DeltaTable.create(
+            self._uri, self.schema, mode="ignore", partition_by=[self.partition] if self.partition else None,
+            storage_options=self._options, raise_if_key_not_exists=False,
+            configuration={"delta.logRetentionDuration": f"interval {RETENTION_HOURS} hours",
+                           "delta.deletedFileRetentionDuration": f"interval {RETENTION_HOURS} hours"},
+        )
+
+    def upsert(self, rows: pa.Table, *, stored: Mapping[str, str] | None = None) -> None:
+        """Write ``rows`` (of the schema): each key's row replaces the stored one (the last of a key
+        within ``rows`` wins). ``stored``: every key the table holds → its partition value, if the
+        caller knows it (then new keys are appended and known ones MERGEd in their partitions only)."""
+        rows = _last_per_key(rows.cast(self.schema), self.key)
+        if rows.num_rows == 0:
+            return
+        self._commit(lambda dt: self._upsert_once(dt, rows, stored))
+
+    def _upsert_once(self, dt: Any, rows: pa.Table, stored: Mapping[str, str] | None) -> None:
+        from deltalake import write_deltalake
+
+        if stored is None:
+            self._merge(dt, rows, None)
+            return
+        keys = rows.column(self.key).to_pylist()
+        known = pa.array([k in stored for k in keys])
+        new, old = rows.filter(pc.invert(known)), rows.filter(known)
+        if old.num_rows:
+            parts = sorted({stored[k] for k in old.column(self.key).to_pylist()})
+            updated = self._merge(dt, old, parts)
+            if updated != old.num_rows:  # the ledger was stale: settle these keys by a full MERGE
+                self._merge(dt, old, None)
+        if new.num_rows:
+            write_deltalake(dt, new, mode="append")
+
+    def _merge(self, dt: Any, rows: pa.Table, partitions: Sequence[str] | None) -> int:
+        predicate = f"t.{self.key} = s.{self.key}"
+        if partitions is not None and self.partition:
+            predicate += f" AND t.{self.partition} IN ({', '.join(_quote(p) for p in partitions)})"
+        merger = dt.merge(rows, predicate, source_alias="s", target_alias="t", streamed_exec=False)
+        merger = merger.when_matched_update_all()
+        if partitions is None:
+            merger = merger.when_not_matched_insert_all()
+        return int(merger.execute().get("num_target_rows_updated", 0))
+
+    def append(self, rows: pa.Table) -> None:
+        """Append ``rows`` as they are (no key is replaced: for tables whose rows never change)."""
+        from deltalake import write_deltalake
+
+        if rows.num_rows:
+            self._commit(lambda dt: write_deltalake(dt, rows.cast(self.schema), mode="append"))
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Remove the rows of ``keys``."""
+        if keys and self.exists():
+            self._commit(lambda dt: dt.delete(f"{self.key} IN ({', '.join(_quote(k) for k in keys)})"))
+
+    def maintain(self) -> dict[str, int]:
+        """Compact small files, remove the files no snapshot of the last :data:`RETENTION_HOURS` needs,
+        checkpoint the log and drop old log entries. Returns the files before and after."""
+        if not self.exists():
+            return {"files_before": 0, "files_after": 0}
+        dt = self._table()
+        before = len(dt.file_uris())
+        self._commit(lambda t: t.optimize.compact(target_size=TARGET_FILE_BYTES))
+        dt = self._table()
+        try:
+            dt.vacuum(retention_hours=RETENTION_HOURS, dry_run=False)
+            dt.create_checkpoint()
+            dt.cleanup_metadata()
+        except Exception as e:
+            raise StorageError(f"{self.storage.uri}: cannot clean up the table ({_why(e)})") from e
+        return {"files_before": before, "files_after": len(self._table().file_uris())}
+
+    def _commit(self, write: Any) -> None:
+        """Run ``write(table)``; retry it on the table's new version when another writer won the race."""
+        from deltalake.exceptions import CommitFailedError
+
+        dt = self._table() if self.exists() else self._create()
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                write(dt)
+                return
+            except CommitFailedError as e:
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise StorageError(f"{self.storage.uri}: commit failed {COMMIT_ATTEMPTS} times ({_why(e)})") from e
+                time.sleep(0.05 * 2**attempt)
+                dt = self._table()
+            except (OSError, ValueError, pa.ArrowException) as e:
+                raise StorageError(f"{self.storage.uri}: cannot write the table ({_why(e)})") from e
+
+
+def _last_per_key(rows: pa.Table, key: str) -> pa.Table:
+    """``rows`` with one row per key: the last one (a MERGE refuses two source rows for one key)."""
+    keys = rows.column(key).to_pylist()
+    last = {k: i for i, k in enumerate(keys)}
+    if len(last) == len(keys):
+        return rows
+    return rows.take(sorted(last.values()))
+
+
+def _quote(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _why(e: BaseException) -> str:
+    from orchestration.store.s3 import scrub
+
+    return scrub(" ".join(str(e).split()) or type(e).__name__)[:300]
