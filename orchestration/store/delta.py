@@ -11,6 +11,9 @@ A commit that loses a race with another writer is retried on the table's new ver
 idempotent). :meth:`DeltaRows.maintain` compacts small files, removes files that no snapshot of the last
 :data:`RETENTION_HOURS` needs, checkpoints the log and drops old log entries.
 
+:class:`GroupCommitter` makes one process the table's single writer for many senders: each submission
+returns once committed, and submissions that arrive during a commit share the next one.
+
 On S3 the table is reached with the settings of :mod:`orchestration.store.s3` (endpoint, region,
 addressing); credentials stay with the standard AWS chain, which delta-rs reads itself, and are never
 passed or stored. Commits use S3's conditional writes, so no lock service is needed.
@@ -239,3 +242,76 @@ def _why(e: BaseException) -> str:
     from orchestration.store.s3 import scrub
 
     return scrub(" ".join(str(e).split()) or type(e).__name__)[:300]
+
+
+class GroupCommitter:
+    """The one writer of a :class:`DeltaRows` table in a process that many trials send rows to: each
+    :meth:`submit` returns once its rows are committed, and the rows submitted while a commit runs go
+    in the next one together (group commit: a handful of commits a second, however many trials report).
+
+    The ledger (key → partition value of every stored row) is read once, when the first batch is
+    committed, and kept up to date by the commits, so that every upsert is routed (see
+    :meth:`DeltaRows.upsert`). Nothing is acknowledged before it is committed: a committer that dies
+    loses only rows whose senders are still waiting, and they fail (their trial is retried or rerun).
+    """
+
+    def __init__(self, table: DeltaRows, *, max_rows: int = 5000) -> None:
+        import threading
+
+        self.table, self.max_rows = table, max_rows
+        self._cond = threading.Condition()
+        self._pending: list[pa.Table] = []
+        self._batch = 0  # number of the batch that pending rows will go in
+        self._done = -1  # last batch committed (or failed)
+        self._errors: dict[int, BaseException] = {}
+        self._committing = False
+        self._ledger: dict[str, str] | None = None
+        self.commits = 0
+
+    def submit(self, rows: pa.Table) -> None:
+        """Commit ``rows`` (with whatever else is waiting); raise what the commit raised."""
+        with self._cond:
+            self._pending.append(rows)
+            mine = self._batch
+            while self._done < mine:
+                if not self._committing:
+                    self._committing = True
+                    break
+                self._cond.wait()
+            else:
+                self._raise_for(mine)
+                return
+            batch, self._pending, self._batch = self._pending, [], self._batch + 1
+        error: BaseException | None = None
+        try:
+            self._commit(pa.concat_tables(batch))
+        except BaseException as e:  # every waiter of the batch gets it
+            error = e
+            self._ledger = None  # read again: part of the batch may have been committed
+        with self._cond:
+            if error is not None:
+                self._errors[mine] = error
+            self._done, self._committing = mine, False
+            self._cond.notify_all()
+            self._raise_for(mine)
+
+    def _raise_for(self, batch: int) -> None:
+        error = self._errors.get(batch)
+        if error is not None:
+            raise error
+
+    def _commit(self, rows: pa.Table) -> None:
+        if self._ledger is None:
+            snap = self.table.read([self.table.key, self.table.partition] if self.table.partition else [self.table.key])
+            keys = snap.table.column(self.table.key).to_pylist()
+            values = (snap.table.column(self.table.partition).to_pylist() if self.table.partition
+                      else [""] * len(keys))
+            self._ledger = dict(zip(keys, values, strict=True))
+        for start in range(0, rows.num_rows, self.max_rows):
+            part = rows.slice(start, self.max_rows)
+            self.table.upsert(part, stored=self._ledger)
+            after = _last_per_key(part.cast(self.table.schema), self.table.key)
+            values = (after.column(self.table.partition).to_pylist() if self.table.partition
+                      else [""] * after.num_rows)
+            self._ledger.update(zip(after.column(self.table.key).to_pylist(), values, strict=True))
+            self.commits += 1
