@@ -4,8 +4,9 @@ The numbers come from the trial rows only (:mod:`orchestration.store.results`): 
 *finished* ones that were *selected* (``selected`` true, or null on rows without nested tuning), a null
 ``method`` reading as ``deepsad``. They are grouped by data set × row-axis value (γ_l by default) × method
 — plus any other ablation axis that varies, so that different cells are never pooled — and each group's
-values over seeds **and** normal classes give mean, sample std (ddof=1), n and the 95% confidence interval
-of the mean (Student t, n-1 degrees of freedom; undefined for n = 1).
+values over seeds **and** normal classes give mean, sample std (ddof=1), n and a 95% confidence interval
+that stays inside [0, 1] (:func:`summarize`: Student t with n-1 degrees of freedom on the logit scale,
+back-transformed; undefined for n = 1).
 
 Everything here is pure (rows in, numbers out): :func:`used_rows`, :func:`choose_axis`, :func:`aggregate`,
 :func:`per_class`, :func:`provenance`; :func:`load_sweep` reads the rows and :func:`build_report` gathers a
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from scipy import stats
+from scipy import special, stats
 
 from deepsad.errors import ConfigError, DeepSADError, StorageError
 from deepsad.jsonio import load_json_bounded
@@ -152,9 +153,13 @@ def axis_short(a: str) -> str:
 # ------------------------------------------------------------------------------------------- statistics
 
 
+#: Values are clipped to [LOGIT_EPS, 1 - LOGIT_EPS] before the logit (an AUROC of exactly 1 has none).
+LOGIT_EPS = 1e-6
+
 @dataclass(frozen=True)
 class Summary:
-    """Mean, sample std (ddof=1; 0 for n = 1), n and the 95% t interval of the mean (None for n = 1)."""
+    """Mean, sample std (ddof=1; 0 for n = 1), n and the 95% interval of :func:`summarize` (None for
+    n = 1)."""
 
     n: int
     mean: float
@@ -178,8 +183,23 @@ def summarize(values: Sequence[float]) -> Summary:
     if x.size == 1:
         return Summary(1, mean, 0.0, None, None)
     std = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.975, x.size - 1)) * std / math.sqrt(x.size)
-    return Summary(int(x.size), mean, std, mean - half, mean + half)
+    low, high = bounded_interval(x)
+    return Summary(int(x.size), mean, std, low, high)
+
+
+def bounded_interval(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """A ``level`` interval of the mean of ``x`` (values in [0, 1], n >= 2) that stays inside [0, 1]:
+    the Student t interval (n-1 dof) of the logits, back-transformed.
+
+    AUROC and AP are bounded, and their runs pile up near 1: a t interval of the raw values then runs
+    past 1 (the smoke report once said [81.0, 105.6]). On the logit scale the values are unbounded and
+    closer to symmetric; back-transformed, the interval is bounded and wider towards the middle. Away
+    from 0 and 1 it is close to the raw t interval. A bootstrap needs more runs than a cell usually has
+    (3-10): its percentile interval never reaches past the sample's extremes and is too narrow there."""
+    z = special.logit(np.clip(x, LOGIT_EPS, 1.0 - LOGIT_EPS))
+    half = float(stats.t.ppf(0.5 + level / 2, z.size - 1)) * float(z.std(ddof=1)) / math.sqrt(z.size)
+    center = float(z.mean())
+    return float(special.expit(center - half)), float(special.expit(center + half))
 
 
 # ------------------------------------------------------------------------------------------- aggregation

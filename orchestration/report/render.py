@@ -264,7 +264,7 @@ def plot_curves(ab: Ablation, path: Path, *, title: str) -> None:
         ax.set_visible(False)
     axs.flat[0].legend(title="method", loc="best", fontsize=9)
     fig.suptitle(
-        title + "\nlines: mean over seeds × normal classes; bands: 95% CI of the mean (t, n−1 dof)",
+        title + "\nlines: mean over seeds × normal classes; bands: 95% CI of the mean (t on the logit scale)",
         fontsize=11,
     )
     fig.savefig(path)
@@ -348,8 +348,9 @@ def _figures(report: Report) -> list[tuple[str, str]]:
         (
             f"figures/{report.metric}_vs_{ab.axis}.png",
             f"Test {name} (%) against {axis_label(ab.axis)}, one line per method, one panel per data set. "
-            "Lines: mean over seeds × normal classes; bands: 95% confidence interval of the mean "
-            "(t distribution, n−1 dof; no band where n = 1). Axis values are equally spaced.",
+            "Lines: mean over seeds × normal classes; bands: the 95% confidence interval of the mean, "
+            "Student t (n−1 dof) on the logit scale, back-transformed so that it stays inside [0, 100] "
+            "(no band where n = 1). Axis values are equally spaced.",
         )
     ]
     if report.heatmaps:
@@ -380,8 +381,10 @@ def _prose(report: Report) -> list[str]:
         "Rows: "
         + " × ".join(["data set", *(axis_label(a) for a in ab.extra_axes), axis_label(ab.axis)])
         + f"; columns: methods. Policy: {_counted(p.policies)}.",
-        "Cells: test metric ×100, **mean ± sample std** (ddof = 1) over seeds × normal classes, n runs, and the "
-        f"95% confidence interval of the mean (t distribution; “{UNDEFINED}” when n = 1). The best mean of a row "
+        "Cells: test metric ×100, **mean ± sample std** (ddof = 1) over seeds × normal classes, n = the runs "
+        "each interval rests on, and the 95% confidence interval of the mean: Student t (n−1 dof) on the logit "
+        "scale, back-transformed, so that it stays inside [0, 100] (a t interval of the raw values runs past 100 "
+        f"near the top; “{UNDEFINED}” when n = 1). The best mean of a row "
         f"is bold; “{NOT_RUN}” = no finished run.",
     ]
     return lines
