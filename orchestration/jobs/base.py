@@ -24,7 +24,6 @@ import numpy as np
 from deepsad.data.dataset import Dataset
 from deepsad.data.sources import load_dataset
 from deepsad.data.splits import SemiSupervisedSplit
-from deepsad.training import TrainState
 from orchestration.plan.trial import TrialConfig
 from orchestration.store.results import RowWriter
 from orchestration.store.storage import Storage
@@ -181,8 +180,3 @@ def decide(reporter: Reporter, fn: Callable[[], Any]) -> bool:
     dist.broadcast(flag, src=0)
     return bool(flag.item())
 
-
-def restored_state(reporter: Reporter) -> TrainState | None:
-    """The reporter's checkpoint if it is a single training's (a bundle's is not)."""
-    state = reporter.restored()
-    return state if isinstance(state, TrainState) else None
