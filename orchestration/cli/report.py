@@ -1,4 +1,4 @@
-"""``deepsad report NAME --out DIR``: paper-style ablation tables and figures from a sweep's Parquet store."""
+"""``deepsad report NAME --out DIR``: paper-style ablation tables and figures from a sweep's result store."""
 
 from __future__ import annotations
 

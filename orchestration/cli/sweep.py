@@ -293,7 +293,7 @@ def show(
     top: Annotated[int | None, typer.Option("--top", help="Only the best K trials.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
 ) -> None:
-    """The sweep's trials from its Parquet store, best validation objective first."""
+    """The sweep's trials from its result store, best validation objective first."""
     from deepsad.errors import ConfigError
     from orchestration.engine.prepare import load_submitted
     from orchestration.report.tables import results_output
@@ -303,3 +303,27 @@ def show(
     if top is not None and top < 1:
         raise ConfigError(f"--top: must be >= 1 (got {top})")
     results_output(load_submitted(name, storage), top=top, fmt=fmt)
+
+
+@results_app.command("compact")
+def compact(
+    name: Annotated[str, typer.Argument(help="Sweep name.")],
+    storage: StorageOpt = None,
+) -> None:
+    """Compact the sweep's result tables into a few files and remove the files no reader needs any more
+    (a sweep does this itself every few hundred commits and when it ends; for sweeps of earlier versions
+    it also converts one file per trial into the tables, leaving the old files in place)."""
+    from deepsad.errors import StorageError
+    from orchestration.store.layout import SPEC_FILE, sweep_location
+    from orchestration.store.results import ResultStore
+
+    sweep_dir = sweep_location(name, storage)
+    if not sweep_dir.exists(SPEC_FILE):
+        raise StorageError(f"no sweep {name!r} under {sweep_dir.uri.rsplit('/', 1)[0]} (no {SPEC_FILE})")
+    store = ResultStore(sweep_dir)
+    if not store.exists():
+        typer.echo(f"{name}: no result rows yet, nothing to compact")
+        return
+    done = store.maintain()
+    for table, files in done.items():
+        typer.echo(f"{name}: {table}: {files['files_before']} data file(s) -> {files['files_after']}")

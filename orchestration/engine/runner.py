@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from deepsad.errors import StorageError
+from orchestration.engine.committer import ActorSink, finish, start_committer
 from orchestration.engine.prepare import Prepared, machine
 from orchestration.engine.progress import trial_error
 from orchestration.engine.ray_session import cluster_ray, local_ray, reap_stale_ray
@@ -62,7 +63,8 @@ class StoreCallback:
             job = self.payload.job_for(trial.config)
         except Exception:  # a broken config is reported by the trial's own error; a job of another run
             return
-        rows = RowWriter(Storage.from_uri(self.payload.storage_uri), self.payload.name, trial.trial_id)
+        rows = RowWriter(Storage.from_uri(self.payload.storage_uri), self.payload.name, trial.trial_id,
+                         ActorSink(self.payload.rows_name))
         job.record_end(rows, status, error, trial.last_result or {})
 
     def on_trial_error(self, trial: Any) -> None:
@@ -164,6 +166,7 @@ def _payload(prep: Prepared) -> SweepPayload:
         source=str(spec.source), base_dir=spec.base_dir,
         jobs={j.id: j.to_dict() for j in pending_jobs(prep)} if spec.search.algorithm != "tpe" or spec.ablation else {},
         lock_name=f"ae-cache-lock:{prep.sweep_dir.uri}",
+        rows_name=f"results:{prep.sweep_dir.uri}",
     )
 
 
@@ -255,17 +258,20 @@ def _run_on_ray(prep: Prepared, run_name: str, lease_s: float, progress: Callabl
         prep = replace(prep, spec=spec)
     payload = _payload(prep)
     lock = _lock_table(payload.lock_name, lease_s)
+    committer = start_committer(payload.rows_name, payload.storage_uri)
     _keep_credentials_out_of_runtime_envs()
     total = (spec.search.num_trials or 0) * len(spec.seeds) if not payload.jobs else len(payload.jobs)
     tuner = _tuner(prep, payload, run_name, [_store_callback(payload), ProgressPrinter(total=total)])
     try:
         with _graceful_ctrl_c() as caught:
             tuner.fit()
+        if not caught[0]:
+            finish(committer, progress)
         return caught[0]
     except KeyboardInterrupt:
         return True
     finally:
-        del lock
+        del lock, committer
 
 
 def _lock_table(name: str, lease_s: float) -> Any:
@@ -292,7 +298,7 @@ def _resume_plan(prep: Prepared, progress: Callable[[str], None]) -> list[Any] |
 
     Resume never loads Tune's saved state: ``tuner.pkl``, the searcher's state and the experiment
     state are pickles, and unpickling them runs whatever code the storage holds. The record of truth
-    is ours — the Parquet rows and the Optuna study (SQLite) — so a resume needs nothing else. (Tune's
+    is ours — the result tables and the Optuna study (SQLite) — so a resume needs nothing else. (Tune's
     mid-trial checkpoints of trials that were running are not reused: those trials start over.)
 
     Raises:

@@ -1,7 +1,7 @@
 """What runs inside a Ray Tune trial of a sweep: the payload every trial receives
 (:class:`SweepPayload`, which names each trial's job), the reporters that turn epochs into Tune or Ray Train reports and
 checkpoints, the AE-cache lock every trial reaches (a named actor holding a :class:`LockTable`), the
-trial function :func:`tune_trial` and the Ray Train worker of data-parallel trials. The driver side —
+driver's committer every row goes to (:mod:`orchestration.engine.committer`), the trial function :func:`tune_trial` and the Ray Train worker of data-parallel trials. The driver side —
 submit, resume, the store callback — is :mod:`orchestration.engine.runner`.
 
 Ray is imported inside the functions: this module is imported by the driver before Ray starts.
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestration.engine.committer import ActorSink
 from orchestration.engine.ray_session import LOCAL_MARKER
 from orchestration.jobs.base import Job, RunContext
 from orchestration.jobs.cache_lock import HeartbeatLock
@@ -40,6 +41,7 @@ class SweepPayload:
     # trial's config names its job ({"job": id}). tpe: none (the searcher suggests each trial's params)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock_name: str = ""
+    rows_name: str = ""  # the driver's committer (orchestration.engine.committer)
 
     @property
     def spec(self) -> SweepSpec:
@@ -159,7 +161,7 @@ def tune_trial(config: dict[str, Any], payload: SweepPayload) -> None:
     spec = payload.spec
     ctx = RunContext(sweep=payload.name, storage_uri=payload.storage_uri,
                      trial_id=tune.get_context().get_trial_id(),
-                     checkpoint_interval_s=spec.resources.checkpoint_interval_s)
+                     checkpoint_interval_s=spec.resources.checkpoint_interval_s, sink=ActorSink(payload.rows_name))
     job = payload.job_for(config)
     if spec.resources.workers_per_trial == 1:
         job.run(TuneReporter(), ctx, RayCacheLock(payload.lock_name))

@@ -25,7 +25,7 @@ from deepsad.data.dataset import Dataset
 from deepsad.data.sources import load_dataset
 from deepsad.data.splits import SemiSupervisedSplit
 from orchestration.plan.trial import TrialConfig
-from orchestration.store.results import RowWriter
+from orchestration.store.results import RowSink, RowWriter
 from orchestration.store.storage import Storage
 
 if TYPE_CHECKING:
@@ -80,6 +80,8 @@ class RunContext:
     # report is a barrier that every rank must reach together)
     report_interval_s: float = 0.5
     cache_wait_s: float = 3600.0
+    # where rows are committed: the driver's committer during a sweep on Ray; None: this process's
+    sink: RowSink | None = field(default=None, compare=False)
 
     @property
     def storage(self) -> Storage:
@@ -87,7 +89,7 @@ class RunContext:
 
     def rows(self) -> RowWriter:
         """The writer of this trial's result rows."""
-        return RowWriter(self.storage, self.sweep, self.trial_id)
+        return RowWriter(self.storage, self.sweep, self.trial_id, self.sink)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ Set ``DEEPSAD_FAULTS`` to a JSON file before the sweep starts (Ray workers inher
                 "rank": 0, "trial_key": null}]}
 
 ``at`` is a point the trial passes (``trial_start``, ``ae_epoch``, ``sad_epoch``, ``trial_end``);
-``action`` is ``raise`` (an exception: Tune retries the trial) or ``exit`` (the process dies at once,
-like a killed worker); ``once`` is a marker file: the rule fires only while it does not exist and
+``action`` is ``raise`` (an exception: Tune retries the trial), ``exit`` (the process dies at once,
+like a killed worker) or ``hang`` (it sleeps ``seconds``, default an hour: the test kills what it
+wants meanwhile); the driver's committer passes ``rows_commit`` before committing a finished row; ``once`` is a marker file: the rule fires only while it does not exist and
 creates it when it fires, so a retried trial passes. ``touch`` (optional) is a file written every time
 the point is passed (``trial_key at epoch pid node``, ``node`` being the Ray node id or ``-``) — tests
 wait on it instead of sleeping, and see where each epoch ran.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +73,5 @@ def checkpoint(at: str, *, epoch: int | None = None, rank: int = 0, trial_key: s
             raise InjectedFault(f"injected fault at {at} epoch {epoch} (trial {trial_key})")
         if action == "exit":
             os._exit(17)
+        if action == "hang":
+            time.sleep(float(rule.get("seconds", 3600)))

@@ -1,4 +1,4 @@
-"""Paper-style ablation tables and figures from a sweep's Parquet store (``deepsad report``).
+"""Paper-style ablation tables and figures from a sweep's result store (``deepsad report``).
 
 The numbers come from the trial rows only (:mod:`orchestration.store.results`): the rows a report uses are the
 *finished* ones that were *selected* (``selected`` true, or null on rows without nested tuning), a null

@@ -1,4 +1,4 @@
-"""Terminal views of a sweep's Parquet store: ``sweep status`` and ``results show``."""
+"""Terminal views of a sweep's result store: ``sweep status`` and ``results show``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from orchestration.store.results import CORRUPT, ResultStore
 SHOWN = ["trial_key", "status", "seed", "eta", "rep_dim", "weight_decay", "lr", "val_auroc", "val_ap",
          "test_auroc", "test_ap", "epochs_done", "cache_hit", "total_seconds", "error"]
 
+
+#: ``sweep status`` lists every trial up to this many, else the ones that did not finish (as many).
+STATUS_ROWS = 50
 
 ABLATION = ["method", "policy", "selected", "normal_classes", "ratio_known_outlier", "n_labeled_anomalies",
             "ratio_pollution"]
@@ -47,19 +50,27 @@ def _fmt(v: Any) -> str:
 
 
 def status_table(prep: Any) -> None:
-    """Progress of the sweep: counts by status, then one line per trial."""
+    """Progress of the sweep: counts by status, then one line per trial (past :data:`STATUS_ROWS` trials,
+    one per trial that did not finish, up to as many)."""
+    import pyarrow.compute as pc
     from rich.table import Table
 
-    read = ResultStore(prep.sweep_dir).read_trials()
+    spec = prep.spec
+    metric = spec.search.objective.metric
+    read = ResultStore(prep.sweep_dir).read_trials(
+        ["trial_key", "status", "attempt", "seed", "params_json", metric, "epochs_done", "cache_hit", "error"])
+    counted = pc.value_counts(read.table.column("status"))
+    by_status = dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True))
+    if read.corrupt:
+        by_status[CORRUPT] = len(read.corrupt)
+    listed = read.table
+    if listed.num_rows > STATUS_ROWS:  # a big sweep: the trials that need a look, not a million lines
+        listed = listed.filter(pc.field("status") != "finished").slice(0, STATUS_ROWS)
     # a row file that cannot be read is a trial of its own status: resume runs it again
-    rows = _rows(prep, read.table) + [
+    rows = _rows(prep, listed) + [
         {"trial_key": bad.key, "status": CORRUPT, "error": f"unreadable row file: {bad.reason}"} for bad in read.corrupt
     ]
-    spec = prep.spec
     total = (spec.search.num_trials or 0) * len(spec.seeds) if spec.search.algorithm == "tpe" else len(prep.cells)
-    by_status: dict[str, int] = {}
-    for r in rows:
-        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
     console = _console()
     counts = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "no trials yet"
     kind = "ablation" if getattr(spec, "ablation", None) is not None else spec.search.algorithm
@@ -75,6 +86,9 @@ def status_table(prep: Any) -> None:
                       _fmt(r.get(spec.search.objective.metric)), _fmt(r.get("epochs_done")),
                       "hit" if r.get("cache_hit") else "", (r.get("error") or "")[:60])
     console.print(table)
+    if listed.num_rows < read.table.num_rows:
+        console.print(f"{read.table.num_rows - listed.num_rows} more trials not listed (the best: `deepsad results "
+                      f"show {spec.name} --top 20`)")
     if read.corrupt:
         console.print(f"{len(read.corrupt)} trial(s) {CORRUPT}: their row files cannot be read (left in place); "
                       f"`deepsad sweep resume {spec.name}` runs them again and their new rows replace the files")
@@ -82,7 +96,10 @@ def status_table(prep: Any) -> None:
 
 def results_output(prep: Any, *, top: int | None, fmt: str) -> None:
     """Best trials first, as a table (selected columns) or CSV/JSON (every column)."""
-    rows = _rows(prep)[:top] if top else _rows(prep)
+    if top:
+        rows = _rows(prep, ResultStore(prep.sweep_dir).best(prep.spec.search.objective.metric, top))
+    else:
+        rows = _rows(prep)
     if fmt == "json":
         print(json.dumps(rows, default=str, indent=1))
         return

@@ -21,8 +21,10 @@ passed or stored. Commits use S3's conditional writes, so no lock service is nee
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +81,7 @@ class DeltaRows:
     def __init__(self, storage: Storage, schema: pa.Schema, *, key: str, partition: str | None = None) -> None:
         self.storage, self.schema, self.key, self.partition = storage, schema, key, partition
         self._uri, self._options = table_uri(storage), storage_options(storage)
+        self._writing: Any = None  # the writer's open table, brought up to date before each commit
 
     # ------------------------------------------------------------------------------------ reading
 
@@ -111,10 +114,12 @@ class DeltaRows:
                 ds: pads.Dataset = dt.to_pyarrow_dataset(filesystem=fs, schema=self.schema)
                 table = ds.to_table(columns=list(columns) if columns else None, filter=filter)
                 return Snapshot(int(dt.version()), table.cast(schema))
-            except FileNotFoundError:
+            except FileNotFoundError as e:
                 if version is not None or attempt == 2:
-                    raise
+                    raise StorageError(f"{self.storage.uri}: a data file of the table is missing ({_why(e)})") from e
                 dt = self._table()  # compacted and vacuumed under us: read the newer version
+            except (OSError, pa.ArrowException) as e:
+                raise StorageError(f"{self.storage.uri}: cannot read the table ({_why(e)})") from e
         raise AssertionError("unreachable")
 
     def counts(self) -> dict[str, int]:
@@ -211,7 +216,7 @@ class DeltaRows:
         """Run ``write(table)``; retry it on the table's new version when another writer won the race."""
         from deltalake.exceptions import CommitFailedError
 
-        dt = self._table() if self.exists() else self._create()
+        dt = self._writer_table()
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 write(dt)
@@ -220,9 +225,21 @@ class DeltaRows:
                 if attempt == COMMIT_ATTEMPTS - 1:
                     raise StorageError(f"{self.storage.uri}: commit failed {COMMIT_ATTEMPTS} times ({_why(e)})") from e
                 time.sleep(0.05 * 2**attempt)
-                dt = self._table()
+                dt = self._writer_table()
             except (OSError, ValueError, pa.ArrowException) as e:
                 raise StorageError(f"{self.storage.uri}: cannot write the table ({_why(e)})") from e
+
+
+    def _writer_table(self) -> Any:
+        """The table at its latest version: opened once, then only the log entries since are read."""
+        if self._writing is None:
+            self._writing = self._table() if self.exists() else self._create()
+            return self._writing
+        try:
+            self._writing.update_incremental()
+        except Exception:
+            self._writing = self._table()  # e.g. log entries cleaned up meanwhile: open it afresh
+        return self._writing
 
 
 def _last_per_key(rows: pa.Table, key: str) -> pa.Table:
@@ -249,16 +266,21 @@ class GroupCommitter:
     :meth:`submit` returns once its rows are committed, and the rows submitted while a commit runs go
     in the next one together (group commit: a handful of commits a second, however many trials report).
 
-    The ledger (key → partition value of every stored row) is read once, when the first batch is
-    committed, and kept up to date by the commits, so that every upsert is routed (see
-    :meth:`DeltaRows.upsert`). Nothing is acknowledged before it is committed: a committer that dies
+    ``routed`` (for the sweep's sole writer only): the ledger (key → partition value of every stored
+    row) is read once, when the first batch is committed, and kept up to date by the commits, so that
+    every upsert is routed (see :meth:`DeltaRows.upsert`). Without it every upsert is a full MERGE,
+    which stays exact when other processes write the same table. ``append``: rows are appended as they
+    are (a table whose readers settle repeats). ``maintain_every``: :meth:`DeltaRows.maintain` after
+    every that many commits. Nothing is acknowledged before it is committed: a committer that dies
     loses only rows whose senders are still waiting, and they fail (their trial is retried or rerun).
     """
 
-    def __init__(self, table: DeltaRows, *, max_rows: int = 5000) -> None:
+    def __init__(self, table: DeltaRows, *, max_rows: int = 5000, routed: bool = True, append: bool = False,
+                 maintain_every: int | None = None) -> None:
         import threading
 
         self.table, self.max_rows = table, max_rows
+        self.routed, self.append, self.maintain_every = routed, append, maintain_every
         self._cond = threading.Condition()
         self._pending: list[pa.Table] = []
         self._batch = 0  # number of the batch that pending rows will go in
@@ -295,23 +317,62 @@ class GroupCommitter:
             self._cond.notify_all()
             self._raise_for(mine)
 
+    def delete(self, keys: Sequence[str]) -> None:
+        """Remove the rows of ``keys``, between two commits of this writer."""
+        with self._alone():
+            self.table.delete(keys)
+            if self._ledger is not None:
+                for k in keys:
+                    self._ledger.pop(k, None)
+
+    def maintain(self) -> dict[str, int]:
+        """:meth:`DeltaRows.maintain`, between two commits of this writer."""
+        with self._alone():
+            return self.table.maintain()
+
+    @contextlib.contextmanager
+    def _alone(self) -> Iterator[None]:
+        with self._cond:
+            while self._committing:
+                self._cond.wait()
+            self._committing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._committing = False
+                self._cond.notify_all()
+
     def _raise_for(self, batch: int) -> None:
         error = self._errors.get(batch)
         if error is not None:
             raise error
 
     def _commit(self, rows: pa.Table) -> None:
-        if self._ledger is None:
-            snap = self.table.read([self.table.key, self.table.partition] if self.table.partition else [self.table.key])
-            keys = snap.table.column(self.table.key).to_pylist()
-            values = (snap.table.column(self.table.partition).to_pylist() if self.table.partition
-                      else [""] * len(keys))
-            self._ledger = dict(zip(keys, values, strict=True))
         for start in range(0, rows.num_rows, self.max_rows):
             part = rows.slice(start, self.max_rows)
-            self.table.upsert(part, stored=self._ledger)
-            after = _last_per_key(part.cast(self.table.schema), self.table.key)
-            values = (after.column(self.table.partition).to_pylist() if self.table.partition
-                      else [""] * after.num_rows)
-            self._ledger.update(zip(after.column(self.table.key).to_pylist(), values, strict=True))
+            if self.append:
+                self.table.append(part)
+            elif not self.routed:
+                self.table.upsert(part)
+            else:
+                ledger = self._ledger if self._ledger is not None else self._read_ledger()
+                self.table.upsert(part, stored=ledger)
+                ledger.update(self._partitions(_last_per_key(part.cast(self.table.schema), self.table.key)))
+                self._ledger = ledger
             self.commits += 1
+            if self.maintain_every and self.commits % self.maintain_every == 0:
+                try:
+                    self.table.maintain()
+                except StorageError as e:  # the rows are committed; compaction waits for the next round
+                    print(f"warning: {e}", file=sys.stderr, flush=True)
+
+    def _read_ledger(self) -> dict[str, str]:
+        t = self.table
+        return self._partitions(t.read([t.key, t.partition] if t.partition else [t.key]).table)
+
+    def _partitions(self, rows: pa.Table) -> dict[str, str]:
+        keys = rows.column(self.table.key).to_pylist()
+        part = self.table.partition
+        values = rows.column(part).to_pylist() if part else [""] * len(keys)
+        return dict(zip(keys, values, strict=True))

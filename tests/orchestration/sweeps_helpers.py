@@ -73,17 +73,46 @@ def faults_file(tmp: Path, rules: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def rows(storage: Path, name: str) -> list[dict[str, Any]]:
-    import pyarrow.dataset as ds
+    """The sweep's trial rows as stored (no reader-side settling of repeated keys: a test sees them)."""
+    from orchestration.store.results import ResultStore, tables
+    from orchestration.store.storage import Storage
 
-    table = ds.dataset(storage / name / "results" / "trials", format="parquet").to_table()
-    return list(table.to_pylist())
+    sweep = Storage.from_uri(str(storage / name))
+    trials, _ = tables(sweep)
+    if not trials.exists():
+        return list(ResultStore(sweep).trials().to_pylist())  # a sweep of the file-per-trial layout
+    return list(trials.read().table.to_pylist())
 
 
 def epochs(storage: Path, name: str) -> list[dict[str, Any]]:
-    import pyarrow.dataset as ds
+    """The sweep's epoch rows, each trial's latest attempt (as every reader of the store sees them)."""
+    from orchestration.store.results import ResultStore
+    from orchestration.store.storage import Storage
 
-    table = ds.dataset(storage / name / "results" / "epochs", format="parquet").to_table()
-    return list(table.to_pylist())
+    return list(ResultStore(Storage.from_uri(str(storage / name))).epochs().to_pylist())
+
+
+def to_file_per_trial(sweep: Path) -> None:
+    """Rewrite the finished sweep directory ``sweep`` in the layout of earlier versions (one Parquet file
+    per trial; see orchestration/store/legacy.py) and remove its Delta tables."""
+    import shutil
+
+    import pyarrow.compute as pc
+
+    from orchestration.store.legacy import write_row_file
+    from orchestration.store.results import ResultStore
+    from orchestration.store.storage import Storage
+
+    storage = Storage.from_uri(str(sweep))
+    store = ResultStore(storage)
+    trials, history = store.trials(), store.epochs()
+    for key in trials.column("trial_key").to_pylist():
+        write_row_file(storage, trials.filter(pc.field("trial_key") == key))
+        mine = history.filter(pc.field("trial_key") == key)
+        if mine.num_rows:
+            write_row_file(storage, mine)
+    shutil.rmtree(sweep / "results" / "trials.delta")
+    shutil.rmtree(sweep / "results" / "epochs.delta", ignore_errors=True)
 
 
 def session_of(storage: Path, name: str) -> str:

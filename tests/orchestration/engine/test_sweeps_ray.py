@@ -161,6 +161,45 @@ def test_killed_driver_then_resume_reruns_no_finished_trial(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+def test_driver_killed_between_a_finished_row_and_its_commit_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    """Rows reach the driver's committer, which commits them in batches (issue 16). The committer holds
+    the first finished row it is sent; the driver is killed meanwhile. That trial was never
+    acknowledged: it stays unfinished, resume trains it again, and every key ends with exactly one row
+    (and one epoch row per epoch); no trial whose finished row was committed runs again."""
+    held, marker = tmp_path / "held.log", tmp_path / "held-once"
+    env = faults_file(tmp_path, [{"at": "rows_commit", "touch": str(held), "once": str(marker), "action": "hang"}])
+    spec = write_spec(tmp_path, small_spec(
+        "batch", search__space={"eta": {"distribution": "choice", "values": [0.5, 1.0, 2.0, 4.0]}},
+        resources__max_concurrent_trials=1, train__epochs=4))
+    store = tmp_path / "s"
+    driver = popen_cli(["sweep", "submit", str(spec), "--storage", str(store)], cwd=tmp_path, env=env)
+    deadline = time.monotonic() + 300
+    while not held.exists() and time.monotonic() < deadline:  # the committer holds a finished row
+        assert driver.poll() is None, driver.stdout.read() if driver.stdout else ""
+        time.sleep(0.2)
+    (line,) = held.read_text().splitlines()
+    key = line.split()[0]
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    before = {r["trial_key"]: r for r in rows(store, "batch")}
+    assert before[key]["status"] == "running", "a row the committer never committed is in the table"
+
+    resumed = cli(["sweep", "resume", "batch", "--storage", str(store)], cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    after = rows(store, "batch")  # as stored: a repeated key would show
+    assert len(after) == 4 and len({r["trial_key"] for r in after}) == 4
+    assert {r["status"] for r in after} == {"finished"}
+    got = {r["trial_key"]: r for r in after}
+    assert got[key]["attempt"] == before[key]["attempt"] + 1, "the held trial did not run again"
+    for k, old in before.items():
+        if old["status"] == "finished":
+            assert got[k]["started_at"] == old["started_at"], "a committed finished trial ran again"
+    history = [(e["trial_key"], e["phase"], e["epoch"]) for e in epochs(store, "batch")]
+    assert len(history) == len(set(history))
+    assert sorted(e for k, p, e in history if k == key and p == "sad") == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
 def test_resume_runs_trials_the_restored_tune_run_does_not_know(tmp_path: Path) -> None:
     """Tune restores the experiment state it last saved: a driver killed before Tune saved a trial it had
     started leaves that trial out of the restored run (seen once in CI: resume exited 0 with a trial at

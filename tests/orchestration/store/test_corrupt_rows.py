@@ -1,7 +1,8 @@
-"""One bad file in a sweep's result table blocks nothing: `sweep status`, `results show`, `checkpoint
-pull` and `report` read every other trial (one warning line per bad file on stderr), status counts the
-trial as corrupt, nothing is deleted — and `sweep resume` runs that trial again, whose new row replaces
-the file.
+"""In a sweep of the file-per-trial layout (that of earlier versions), one bad file blocks nothing:
+`sweep status`, `results show`, `checkpoint pull` and `report` read every other trial (one warning line
+per bad file on stderr), status counts the trial as corrupt, nothing is deleted — and `sweep resume`
+converts the sweep to the Delta tables and runs that trial again. In the Delta tables, a data file that
+cannot be read is a fault of the storage: every reader says which file in one line, exit 2.
 
 The sweep directory is made without Ray (``execute`` runs both trials of a small grid, the way a Tune
 trial does); the commands run through the real entry point. Resuming needs Ray: that test is marked.
@@ -23,7 +24,7 @@ from orchestration.spec.load import parse_spec
 from orchestration.store.results import ResultStore
 from orchestration.store.storage import Storage
 from tests.orchestration.jobs.test_trial import FakeReporter
-from tests.orchestration.sweeps_helpers import cli, rows, small_spec, write_spec
+from tests.orchestration.sweeps_helpers import cli, rows, small_spec, to_file_per_trial, write_spec
 
 NAME = "bad"
 
@@ -40,6 +41,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ctx = RunContext(sweep=NAME, storage_uri=sweep_dir.uri, checkpoint_interval_s=0.0)
     for cell in enumerate_cells(spec):
         execute([cell], FakeReporter(root / "snapshots" / cell.key), ctx)
+    to_file_per_trial(root / "s" / NAME)
     return root
 
 
@@ -114,6 +116,7 @@ def test_resume_and_resubmit_run_a_corrupt_trial_again(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stdout + first.stderr
     before = {r["trial_key"]: r for r in rows(store, NAME)}
     bad, good = sorted(before)
+    to_file_per_trial(store / NAME)
     trials = store / NAME / "results" / "trials"
     (trials / f"{bad}.parquet").write_bytes(b"PAR1 torn")
     (trials / "README.txt").write_text("notes")
@@ -127,12 +130,35 @@ def test_resume_and_resubmit_run_a_corrupt_trial_again(tmp_path: Path) -> None:
     assert ResultStore(Storage.from_uri(str(store / NAME))).corrupt_keys() == set()
     assert (trials / "README.txt").read_text() == "notes", "a stray file is left alone"
 
+    to_file_per_trial(store / NAME)
     (trials / f"{good}.parquet").write_bytes(b"")  # and a resubmit runs a corrupt trial again too
     again = cli(["sweep", "submit", str(spec), "--storage", str(store)], cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     final = {r["trial_key"]: r for r in _readable(store)}
     assert final[good]["started_at"] > after[good]["started_at"]
     assert final[bad]["started_at"] == after[bad]["started_at"]
+
+
+def test_a_torn_data_file_of_the_table_is_one_line_naming_it(sweep: Path, tmp_path: Path) -> None:
+    """The Delta tables: a reader that meets a data file it cannot read fails with one line naming the
+    table and the file (exit 2, no traceback), and deletes nothing."""
+    import shutil
+
+    store = tmp_path / "s"
+    shutil.copytree(sweep / "s", store)
+    ResultStore(Storage.from_uri(str(store / NAME))).maintain()  # converts the sweep: one data file
+    from deltalake import DeltaTable
+
+    (uri,) = DeltaTable(str(store / NAME / "results" / "trials.delta")).file_uris()
+    data = Path(uri)
+    data.write_bytes(data.read_bytes()[:-20])
+    for args in (["sweep", "status", NAME], ["results", "show", NAME]):
+        run = cli([*args, "--storage", str(store)], cwd=tmp_path)
+        assert run.returncode == 2, run.stdout + run.stderr
+        (line,) = run.stderr.strip().splitlines()
+        assert line.startswith("error: ") and "trials.delta" in line and data.name in line, line
+        assert "Traceback" not in run.stderr
+    assert data.exists()
 
 
 def _readable(store: Path) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""The Parquet result store: fixed schema, idempotent atomic rows, readable by pandas, DuckDB and pyarrow."""
+"""The result store (Delta tables): fixed schema, one row per key, readable by pandas, DuckDB and pyarrow."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pandas as pd
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pytest
 
 from deepsad.errors import StorageError
-from orchestration.store.results import EPOCH_SCHEMA, TRIAL_SCHEMA, ResultStore, code_version
+from orchestration.store.results import EPOCH_SCHEMA, TRIAL_SCHEMA, ResultStore, code_version, tables
 from orchestration.store.storage import Storage
 
 T0 = dt.datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
@@ -162,22 +161,26 @@ def test_three_readers_agree_on_types(store: ResultStore, tmp_path: Path) -> Non
     store.write_trial(full_row("a"))
     store.write_trial({"trial_key": "b", "status": "failed", "error": "DataError: x", "normal_classes": []})
     store.write_trial(full_row("c", val_auroc=None, cache_hit=False, started_at=None))
-    trials = tmp_path / "sweep" / "results" / "trials"
+    from deltalake import DeltaTable
 
-    df = pd.read_parquet(trials)
+    trials = str(tmp_path / "sweep" / "results" / "trials.delta")
+    dataset = DeltaTable(trials).to_pyarrow_dataset(
+        filesystem=pafs.SubTreeFileSystem(trials, pafs.LocalFileSystem()))  # see store.delta.DeltaRows.read
+
+    df = DeltaTable(trials).to_pandas()
     assert len(df) == 3 and set(df["trial_key"]) == {"a", "b", "c"}
     assert str(df["started_at"].dtype).startswith("datetime64[us, UTC]")
     assert df.set_index("trial_key").loc["a", "val_auroc"] == 0.9
 
-    rel = duckdb.sql(
-        f"select trial_key, val_auroc, normal_classes, started_at from '{trials}/*.parquet' order by 1"
-    )
+    con = duckdb.connect()
+    con.register("trials", dataset)
+    rel = con.sql("select trial_key, val_auroc, normal_classes, started_at from trials order by 1")
     assert rel is not None
     assert rel.types == ["VARCHAR", "DOUBLE", "BIGINT[]", "TIMESTAMP WITH TIME ZONE"]
     rows = rel.fetchall()
     assert [r[0] for r in rows] == ["a", "b", "c"] and rows[0][1] == 0.9 and rows[1][2] == []
 
-    table = pads.dataset(trials, format="parquet").to_table()
+    table = dataset.to_table().select(TRIAL_SCHEMA.names)
     assert table.num_rows == 3
     assert table.schema.equals(TRIAL_SCHEMA)
     assert store.trials().schema.equals(TRIAL_SCHEMA, check_metadata=True)
@@ -185,6 +188,8 @@ def test_three_readers_agree_on_types(store: ResultStore, tmp_path: Path) -> Non
 
 def test_epochs(store: ResultStore, tmp_path: Path) -> None:
     # Imported here: the spawned writer processes below import this module, and torch is slow to load.
+    from deltalake import DeltaTable
+
     from deepsad.training import EpochReport
 
     reports = [EpochReport("ae", e, 2, 1.0 / e, 1e-4, 0.5, 1000.0) for e in (1, 2)]
@@ -204,8 +209,8 @@ def test_epochs(store: ResultStore, tmp_path: Path) -> None:
         ("k1", "sad", 1),
     ]
     assert t.filter(pc.field("phase") == "sad").column("val_auroc").to_pylist() == [None, None, 0.7]
-    df = pd.read_parquet(tmp_path / "sweep" / "results" / "epochs")
-    assert len(df) == 5
+    df = DeltaTable(str(tmp_path / "sweep" / "results" / "epochs.delta")).to_pandas()
+    assert len(df) == 6  # as written; readers of the store see each trial's epochs once
     with pytest.raises(StorageError, match="belongs to trial 'other'"):
         store.write_epochs("k1", [{"trial_key": "other", "phase": "ae", "epoch": 1}])
     with pytest.raises(StorageError, match="phase must be one of"):
@@ -255,13 +260,14 @@ def _writer(root: str, worker: int, n: int) -> None:
 def test_concurrent_writers_never_corrupt_or_duplicate(tmp_path: Path) -> None:
     root = str(tmp_path / "sweep")
     store = ResultStore(Storage.from_uri(root))
+    raw, _ = tables(Storage.from_uri(root))
     ctx = mp.get_context("spawn")  # not fork: forking a process that has run pyarrow's threads is unsafe
     procs = [ctx.Process(target=_writer, args=(root, w, N_WRITES)) for w in range(2)]
     for p in procs:
         p.start()
     reads = 0
     while any(p.is_alive() for p in procs) or reads == 0:
-        keys = store.trials()["trial_key"].to_pylist()  # raises on a partial file
+        keys = raw.read(["trial_key"]).table["trial_key"].to_pylist()  # as stored: no reader settles repeats
         assert len(keys) == len(set(keys))
         reads += 1
     for p in procs:
@@ -273,8 +279,11 @@ def test_concurrent_writers_never_corrupt_or_duplicate(tmp_path: Path) -> None:
     shared = store.row("shared")
     assert shared is not None and shared["trial_id"] in {f"w0-{N_WRITES - 1}", f"w1-{N_WRITES - 1}"}
     assert shared["status"] == ("running" if (N_WRITES - 1) % 2 else "finished")  # one writer's last, whole
-    files = [p.name for p in (tmp_path / "sweep" / "results" / "trials").iterdir()]
-    assert len(files) == 11 and all(f.endswith(".parquet") and not f.startswith(".") for f in files)
+    assert raw.read(["trial_key"]).table.num_rows == 11
+    from deltalake import DeltaTable
+
+    files = DeltaTable(str(tmp_path / "sweep" / "results" / "trials.delta")).file_uris()  # the snapshot's data
+    assert files and all(f.endswith(".parquet") and Path(f).is_file() for f in files)
 
 
 def test_code_version() -> None:

@@ -20,7 +20,9 @@ import torch
 
 from deepsad.errors import IntegrityError, StorageError
 from orchestration.store.cache import AECache, ae_cache_key
+from orchestration.store.legacy import LegacyTables, write_row_file
 from orchestration.store.results import TRIAL_SCHEMA, ResultStore
+from orchestration.store.schema import epoch_rows, trial_rows
 from orchestration.store.storage import MANIFEST_FILE, IncompleteUploadError, Storage
 
 
@@ -240,10 +242,11 @@ def test_a_row_replaced_while_a_reader_lists_the_table_is_read_again(
     """A running sweep rewrites a trial's row while `sweep status` reads the table: the reader's listing
     (which records object sizes, trusted by S3 reads) goes stale. Seen in CI on moto as "Parquet magic
     bytes not found"; the store reads the file again, whole, instead of failing — and it is not corrupt."""
-    store = ResultStore(any_storage.child("sweep"))
-    store.write_trial({"trial_key": "k1", "status": "running"})
-    stale = store._dataset(store._trials, TRIAL_SCHEMA)
-    store.write_trial({"trial_key": "k1", "status": "failed", "error": "x" * 5000})  # a bigger object
+    sweep = any_storage.child("sweep")
+    legacy = LegacyTables(sweep)  # the file-per-trial layout (earlier versions); ResultStore reads it with this
+    _legacy_row(sweep, {"trial_key": "k1", "status": "running"})
+    stale = legacy._dataset(legacy.trials, TRIAL_SCHEMA)
+    _legacy_row(sweep, {"trial_key": "k1", "status": "failed", "error": "x" * 5000})  # a bigger object
     if any_storage.uri.startswith("s3://"):
         with pytest.raises(pa.ArrowException):
             assert stale is not None
@@ -254,8 +257,8 @@ def test_a_row_replaced_while_a_reader_lists_the_table_is_read_again(
         calls.append(1)
         return stale
 
-    monkeypatch.setattr(store, "_dataset", always_stale)
-    read = store.read_trials()
+    monkeypatch.setattr(legacy, "_dataset", always_stale)
+    read = legacy.read_trials()
     assert read.table.column("status").to_pylist() == ["failed"] and read.corrupt == ()
     assert calls == [1] and capsys.readouterr().err == ""
 
@@ -275,10 +278,10 @@ def test_a_corrupt_row_file_is_skipped_named_and_counted_and_left_in_place(
     counts as corrupt, the others read as usual, one warning line names the file, nothing is deleted,
     and the trial's next row replaces it."""
     sweep = any_storage.child("sweep")
-    store = ResultStore(sweep)
-    store.write_trial({"trial_key": "k1", "status": "finished", "val_auroc": 0.9})
-    store.write_trial({"trial_key": "k2", "status": "finished", "val_auroc": 0.8})
-    store.write_trial({"trial_key": "k3", "status": "failed", "error": "boom"})
+    store = ResultStore(sweep)  # of a sweep in the file-per-trial layout (earlier versions)
+    _legacy_row(sweep, {"trial_key": "k1", "status": "finished", "val_auroc": 0.9})
+    _legacy_row(sweep, {"trial_key": "k2", "status": "finished", "val_auroc": 0.8})
+    _legacy_row(sweep, {"trial_key": "k3", "status": "failed", "error": "boom"})
     _damage(sweep, "k2", how)
     capsys.readouterr()
 
@@ -297,6 +300,8 @@ def test_a_corrupt_row_file_is_skipped_named_and_counted_and_left_in_place(
     assert sweep.exists("results", "trials", "k2.parquet"), "a corrupt file must not be deleted"
 
     store.write_trial({"trial_key": "k2", "status": "finished", "val_auroc": 0.7})  # the rerun's row
+    # (the first write converts the sweep to the Delta tables: the readable rows, then this one)
+    assert "2 trial rows of the file-per-trial layout copied" in capsys.readouterr().err
     again = store.read_trials()
     assert again.corrupt == () and again.table.column("trial_key").to_pylist() == ["k1", "k2", "k3"]
 
@@ -305,8 +310,9 @@ def test_a_corrupt_epoch_history_is_skipped_with_a_warning(
     any_storage: Storage, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sweep = any_storage.child("sweep")
-    store = ResultStore(sweep)
-    store.write_epochs("k1", [{"phase": "sad", "epoch": 1, "loss": 1.0}])
+    store = ResultStore(sweep)  # of a sweep in the file-per-trial layout
+    _legacy_row(sweep, {"trial_key": "k1", "status": "finished"})
+    write_row_file(sweep, epoch_rows("k1", [{"phase": "sad", "epoch": 1, "loss": 1.0}]))
     sweep.write_bytes(b"", "results", "epochs", "k2.parquet")
     assert store.epochs().column("trial_key").to_pylist() == ["k1"]
     (line,) = capsys.readouterr().err.splitlines()
@@ -317,8 +323,8 @@ def test_stray_files_in_a_result_table_are_ignored_with_a_warning_and_left_alone
     any_storage: Storage, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sweep = any_storage.child("sweep")
-    store = ResultStore(sweep)
-    store.write_trial({"trial_key": "k1", "status": "finished"})
+    store = ResultStore(sweep)  # of a sweep in the file-per-trial layout
+    _legacy_row(sweep, {"trial_key": "k1", "status": "finished"})
     sweep.write_bytes(b"my notes", "results", "trials", "notes.txt")
     sweep.write_bytes(sweep.read_bytes("results/trials/k1.parquet"), "results", "trials", "old", "k9.parquet")
     capsys.readouterr()
@@ -329,6 +335,10 @@ def test_stray_files_in_a_result_table_are_ignored_with_a_warning_and_left_alone
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and all("not a row of this table" in line and "left in place" in line for line in lines)
     assert sweep.exists("results", "trials", "notes.txt") and sweep.exists("results", "trials", "old", "k9.parquet")
+
+
+def _legacy_row(sweep: Storage, row: dict[str, object]) -> None:
+    write_row_file(sweep, trial_rows([row]))
 
 
 def test_ae_cache_round_trip(any_storage: Storage) -> None:
