@@ -27,7 +27,7 @@ NAME = "ctrlc"
 
 
 def _finished(store: Path) -> list[dict[str, Any]]:
-    if not (store / NAME / "results" / "trials").is_dir():
+    if not (store / NAME / "results").is_dir():
         return []
     return [r for r in rows(store, NAME) if r["status"] == "finished"]
 
