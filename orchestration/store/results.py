@@ -176,7 +176,10 @@ class ResultStore:
         file-per-trial layout until the sweep's first write converts it."""
         if not self._trials.exists():
             return self._legacy.read_trials(**scan)
-        table = _one_per_key(self._trials.read(scan.get("columns"), scan.get("filter")).table)
+        columns = scan.get("columns")
+        wanted = [*columns, "attempt"] if columns and "attempt" not in columns else columns  # to settle repeats
+        table = _one_per_key(self._trials.read(wanted, scan.get("filter")).table)
+        table = table.select(list(columns)) if columns else table
         return TableRead(table.sort_by("trial_key") if "trial_key" in table.column_names else table)
 
     def read_trials(self, columns: Sequence[str] | None = None) -> TableRead:
@@ -192,7 +195,8 @@ class ResultStore:
         keys = order.column("trial_key")
         rows = self._read(filter=pc.field("trial_key").isin(keys)).table
         rank = {key: i for i, key in enumerate(keys.to_pylist())}
-        return rows.take(sorted(range(rows.num_rows), key=lambda i: rank[rows.column("trial_key")[i].as_py()]))
+        found = rows.column("trial_key").to_pylist()
+        return rows.take(sorted(range(rows.num_rows), key=lambda i: rank[found[i]]))
 
     def trials(self) -> pa.Table:
         """All readable trial rows (sorted by trial_key), typed by :data:`TRIAL_SCHEMA`; empty if none."""

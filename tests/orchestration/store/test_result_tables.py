@@ -75,3 +75,16 @@ def test_results_compact_converts_an_old_sweep_and_compacts_a_new_one(tmp_path: 
 
     missing = cli(["results", "compact", "nope", "--storage", str(store_dir)], cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.strip().startswith("error: no sweep 'nope'"), missing.stderr
+
+
+def test_a_key_stored_twice_reads_as_its_latest_attempt(tmp_path: Path) -> None:
+    """The sole writer never stores a key twice; should a second writer have raced it (two drivers on
+    one sweep), every reader of the store sees one row per key: the latest attempt's."""
+    sweep = Storage.from_uri(str(tmp_path / "sweep"))
+    trials, _ = tables(sweep)
+    trials.append(trial_rows([{"trial_key": "k", "status": "finished", "attempt": 2, "val_auroc": 0.9},
+                              {"trial_key": "k", "status": "running", "attempt": 1},
+                              {"trial_key": "j", "status": "running", "attempt": 1}]))
+    got = ResultStore(sweep).trials().to_pylist()
+    assert [(r["trial_key"], r["attempt"]) for r in got] == [("j", 1), ("k", 2)]
+    assert ResultStore(sweep).best("val_auroc", 1).column("trial_key").to_pylist() == ["k"]
