@@ -13,13 +13,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
+from deltalake import DeltaTable
 
 from deepsad.errors import StorageError
 from orchestration.store import s3
 from orchestration.store.cache import AECache, ae_cache_key
+from orchestration.store.delta import storage_options, table_uri
 from orchestration.store.results import TRIAL_SCHEMA, ResultStore
 from orchestration.store.storage import Storage
 from tests.conftest import REPO
@@ -277,17 +278,19 @@ def test_no_secret_in_errors_or_stored_objects(s3_server: S3Server, tmp_path: Pa
 
 @integration
 def test_results_are_queryable_in_place(s3_server: S3Server) -> None:
-    """duckdb has no httpfs extension offline (and must not download one), so it queries the trial table
-    through a pyarrow dataset over the same S3 file system: the data stays in the bucket."""
+    """duckdb has no httpfs/delta extension offline (and must not download one), so it queries the Delta
+    trial table through delta-rs' pyarrow dataset over the same S3 file system: the data stays in the
+    bucket."""
     duckdb = require_module("duckdb", "duckdb is not installed (a dev dependency)")
     s = Storage.from_uri(f"s3://{BUCKET}/q-{uuid.uuid4().hex[:8]}").child("sweep")
     store = ResultStore(s)
     for i, auroc in enumerate([0.7, 0.9, 0.8]):
         store.write_trial({"trial_key": f"k{i}", "status": "finished", "eta": float(i), "val_auroc": auroc})
     store.write_trial({"trial_key": "k9", "status": "failed"})
-    trials = pads.dataset(
-        s.path("results", "trials"), format="parquet", filesystem=s.filesystem, schema=TRIAL_SCHEMA
-    )
+    table = s.child("results", "trials.delta")
+    dt = DeltaTable(table_uri(table), storage_options=storage_options(table))
+    trials = dt.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(table.root, table.filesystem),
+                                   schema=TRIAL_SCHEMA)
     best = duckdb.sql(
         "select trial_key, val_auroc from trials where status = 'finished' order by val_auroc desc limit 1"
     ).fetchall()
