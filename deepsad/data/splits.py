@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from deepsad.data.dataset import Dataset
 from deepsad.data.preprocessing import Preprocessing, PreprocessingKind, fit_preprocessing
@@ -445,6 +444,8 @@ def _known_classes(name: str, protocol: Protocol, anomaly_classes: tuple[int, ..
 def _carve_test(name: str, y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified ``(pool, test)`` row indices, both sorted; scikit-learn with ``random_state=seed``
     as the reference's ODDS 60/40 split."""
+    from sklearn.model_selection import train_test_split  # here: importing sklearn costs ~0.9 s
+
     try:
         pool, test = train_test_split(
             np.arange(y.size), test_size=test_fraction, random_state=seed, stratify=y

@@ -302,7 +302,7 @@ def show(
         raise ConfigError(f"--format: must be table, csv or json (got {fmt})")
     if top is not None and top < 1:
         raise ConfigError(f"--top: must be >= 1 (got {top})")
-    results_output(load_submitted(name, storage), top=top, fmt=fmt)
+    results_output(load_submitted(name, storage, plan=False), top=top, fmt=fmt)
 
 
 @results_app.command("compact")

@@ -169,7 +169,7 @@ def _check_rep_dim(dataset: str, rep_dim: int | None, settings: dict[str, Any]) 
     Raises:
         ConfigError: one line naming ``--rep-dim`` (or the flag of another refused setting).
     """
-    from deepsad.networks import MAX_REP_DIM
+    from deepsad.netconfig import MAX_REP_DIM
 
     if rep_dim is not None and not 1 <= rep_dim <= MAX_REP_DIM:
         raise ConfigError(f"--rep-dim: must be in [1, {MAX_REP_DIM}] (got {rep_dim})")
@@ -192,7 +192,7 @@ def _train_config(dataset: str, sample_shape: tuple[int, ...], rep_dim: int | No
     Raises:
         ConfigError: one line, naming the flag when the core refuses a flag's value.
     """
-    from deepsad.networks import default_net_config
+    from deepsad.netconfig import default_net_config
     from deepsad.training import TrainConfig
 
     try:

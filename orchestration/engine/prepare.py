@@ -75,8 +75,10 @@ def prepare(
     return Prepared(spec, text, sweep_dir, cells, pending, finished)
 
 
-def load_submitted(name: str, storage: str | None) -> Prepared:
-    """A submitted sweep, from its directory alone (for ``resume`` and ``status``).
+def load_submitted(name: str, storage: str | None, *, plan: bool = True) -> Prepared:
+    """A submitted sweep, from its directory alone (for ``resume`` and ``status``); with ``plan=False``
+    only its spec and directory (no cells, pending or finished trials: nothing read from the rows and
+    nothing that imports torch, for readers such as ``results show``).
 
     Raises:
         StorageError: no sweep of that name under ``storage``.
@@ -94,12 +96,14 @@ def load_submitted(name: str, storage: str | None) -> Prepared:
     source, base_dir = submission.get("source"), submission.get("base_dir")
     spec = parse_spec(text, source if isinstance(source, str) else f"{sweep_dir.uri}/{SPEC_FILE}",
                       base_dir=base_dir if isinstance(base_dir, str) else None)
-    finished = set(ResultStore(sweep_dir).ledger().done)
+    if not plan:
+        return Prepared(spec, text, sweep_dir, [], [], set())
     cells: list[Cell]
     if spec.ablation is not None:
         cells = list(expand_units(spec))
     else:
         cells = [] if spec.search.algorithm == "tpe" else list(enumerate_cells(spec))
+    finished = set(ResultStore(sweep_dir).ledger().done) if cells else set()  # a TPE study keeps its own count
     pending = [c for c in cells if c.key not in finished]
     return Prepared(spec, text, sweep_dir, cells, pending, finished)
 

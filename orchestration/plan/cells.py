@@ -112,7 +112,7 @@ def build_trial(
         ConfigError: one line per problem, ``<spec file>: <field>: <message>``.
     """
     from deepsad.data.splits import Protocol
-    from deepsad.networks import NetConfig
+    from deepsad.netconfig import NetConfig
     from deepsad.training import TrainConfig
 
     unknown = [k for k in params if k not in SPACE_KEYS]

@@ -143,7 +143,7 @@ class TrialConfig:
             ConfigError: a missing or malformed entry.
         """
         from deepsad.data.splits import Protocol
-        from deepsad.networks import NetConfig
+        from deepsad.netconfig import NetConfig
         from deepsad.training import TrainConfig
 
         try:

@@ -29,6 +29,13 @@ def _console() -> Any:
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
+def _key_column(header: str, rows: list[dict[str, Any]]) -> Any:
+    """The trial key column, never shortened: the key is what ``checkpoint pull`` and ``replay`` take."""
+    from rich.table import Column
+
+    return Column(header, no_wrap=True, min_width=max((len(str(r.get("trial_key") or "")) for r in rows), default=0))
+
+
 def _rows(prep: Any, table: Any = None) -> list[dict[str, Any]]:
     table = ResultStore(prep.sweep_dir).trials() if table is None else table
     rows: list[dict[str, Any]] = table.to_pylist()
@@ -57,15 +64,18 @@ def status_table(prep: Any) -> None:
 
     spec = prep.spec
     metric = spec.search.objective.metric
-    read = ResultStore(prep.sweep_dir).read_trials(
-        ["trial_key", "status", "attempt", "seed", "params_json", metric, "epochs_done", "cache_hit", "error"])
+    store = ResultStore(prep.sweep_dir)
+    read = store.read_trials(["trial_key", "status"])  # two columns of every row, then only the rows listed
     counted = pc.value_counts(read.table.column("status"))
     by_status = dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True))
     if read.corrupt:
         by_status[CORRUPT] = len(read.corrupt)
-    listed = read.table
-    if listed.num_rows > STATUS_ROWS:  # a big sweep: the trials that need a look, not a million lines
-        listed = listed.filter(pc.field("status") != "finished").slice(0, STATUS_ROWS)
+    keys = read.table
+    if keys.num_rows > STATUS_ROWS:  # a big sweep: the trials that need a look, not a million lines
+        keys = keys.filter(pc.field("status") != "finished").slice(0, STATUS_ROWS)
+    columns = ["trial_key", "status", "attempt", "seed", "params_json", metric, "epochs_done", "cache_hit", "error"]
+    listed = (store.read_trials(columns).table if keys.num_rows == read.table.num_rows
+              else store.read_trials(columns, keys=keys.column("trial_key")).table)
     # a row file that cannot be read is a trial of its own status: resume runs it again
     rows = _rows(prep, listed) + [
         {"trial_key": bad.key, "status": CORRUPT, "error": f"unreadable row file: {bad.reason}"} for bad in read.corrupt
@@ -76,7 +86,7 @@ def status_table(prep: Any) -> None:
     kind = "ablation" if getattr(spec, "ablation", None) is not None else spec.search.algorithm
     console.print(f"[bold]{spec.name}[/] · {kind} · {total} trials planned · {counts}")
     console.print(f"directory: {prep.sweep_dir.uri}")
-    table = Table("trial", "status", "attempt", "seed", "params", spec.search.objective.metric, "epochs", "cache", "error")
+    table = Table(_key_column("trial", rows), "status", "attempt", "seed", "params", spec.search.objective.metric, "epochs", "cache", "error")
     for r in rows:
         params = load_json_bounded(r["params_json"], f"trial {r['trial_key']}: params_json",
                                    error=StorageError) if r.get("params_json") else {}
@@ -114,13 +124,16 @@ def results_output(prep: Any, *, top: int | None, fmt: str) -> None:
         return
     from rich.table import Table
 
+    if not rows:
+        _console().print(f"{prep.spec.name}: no trial rows yet (`deepsad sweep status {prep.spec.name}`)")
+        return
     # ablation rows also say which method and policy produced them, and whether they were selected
     if any(r.get("method") for r in rows):
         tuned = ("eta", "rep_dim", "weight_decay", "lr")  # the cell's axes matter more than fixed settings
         shown = SHOWN[:2] + ABLATION + [c for c in SHOWN[2:] if c not in tuned]
     else:
         shown = SHOWN
-    table = Table(*shown)
+    table = Table(_key_column(shown[0], rows), *shown[1:])
     for r in rows:
         table.add_row(*[_fmt(r.get(c)) for c in shown])
     _console().print(table)

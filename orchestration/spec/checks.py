@@ -345,7 +345,7 @@ def net_problem(message: str, rep_field: str) -> Problem:
 def _networks(s: dict[str, Any]) -> Iterator[Problem]:
     ablation: AblationSpec | None = s.get("ablation")
     datasets = (ablation.axes.dataset if ablation is not None else None) or (s["data"].dataset,)
-    from deepsad.networks import NetConfig
+    from deepsad.netconfig import NetConfig
 
     for dataset in datasets:
         if is_data_file(dataset):
@@ -411,14 +411,14 @@ def net_fields(
     dataset: str, sample_shape: tuple[int, ...], net: NetSpec | None
 ) -> tuple[str, int, tuple[int, ...]]:
     """``(name, rep_dim, h_dims)`` of a sweep's network: the data set's reference network
-    (:func:`deepsad.networks.default_net_config`) with the file's ``net`` overrides. A network other
+    (:func:`deepsad.netconfig.default_net_config`) with the file's ``net`` overrides. A network other
     than the data set's default starts from its own reference sizes (its first data set in
     ``DEFAULT_NETS``). Nothing is validated here: building the ``NetConfig`` does that.
 
     Raises:
         ConfigError: an image shape that no network takes (from ``default_net_config``).
     """
-    from deepsad.networks import DEFAULT_NETS, default_net_config
+    from deepsad.netconfig import DEFAULT_NETS, default_net_config
 
     base = default_net_config(dataset, tuple(sample_shape))
     name, rep, h_dims = base.name, base.rep_dim, tuple(base.h_dims)

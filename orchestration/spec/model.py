@@ -79,7 +79,7 @@ MAX_WEIGHT_DECAY = 10.0
 MAX_EPOCHS = 100_000
 MAX_BATCH_SIZE = 1 << 20
 MAX_ETA = 1e6
-#: Network sizes (rep_dim, h_dims; the paper's are 32-128): deepsad.networks.MAX_REP_DIM.
+#: Network sizes (rep_dim, h_dims; the paper's are 32-128): deepsad.netconfig.MAX_REP_DIM.
 MAX_WIDTH = 4096
 #: Counts in the protocol: labelled anomalies, known classes.
 MAX_COUNT = 1_000_000_000

@@ -182,15 +182,18 @@ class ResultStore:
         table = table.select(list(columns)) if columns else table
         return TableRead(table.sort_by("trial_key") if "trial_key" in table.column_names else table)
 
-    def read_trials(self, columns: Sequence[str] | None = None) -> TableRead:
-        """All trial rows (sorted by trial_key; only ``columns`` if given) and, in a sweep of the
-        file-per-trial layout, the files that are not readable rows."""
-        return self._read(columns=list(columns) if columns else None)
+    def read_trials(self, columns: Sequence[str] | None = None, *, keys: Any = None) -> TableRead:
+        """All trial rows, or those of ``keys`` (sorted by trial_key; only ``columns`` if given) and, in a
+        sweep of the file-per-trial layout, the files that are not readable rows."""
+        return self._read(columns=list(columns) if columns else None,
+                          filter=None if keys is None else pc.field("trial_key").isin(keys))
 
     def best(self, metric: str, k: int) -> pa.Table:
         """The ``k`` rows of highest ``metric`` (rows without one last), best first: two reads, the
         second of those rows only (a million-row table answers in about a second)."""
         scores = self._read(columns=["trial_key", metric]).table
+        if scores.num_rows == 0:
+            return self._read().table
         order = scores.sort_by([(metric, "descending"), ("trial_key", "ascending")]).slice(0, k)
         keys = order.column("trial_key")
         rows = self._read(filter=pc.field("trial_key").isin(keys)).table

@@ -44,3 +44,23 @@ def test_orchestration_is_not_imported_by_the_core() -> None:
                 for line in p.read_text().splitlines())
     ]
     assert offenders == []
+
+
+def test_what_a_sweep_file_check_needs_imports_neither_torch_nor_sklearn() -> None:
+    """Checking a sweep file (network names and sizes, the protocol) must stay quick: ``sweep status``,
+    ``results show`` and every typo's error line go through it."""
+    code = (
+        "import sys\n"
+        "import deepsad.netconfig, deepsad.data.splits, deepsad.data.sources\n"
+        "print(sorted(m for m in ('torch', 'sklearn', 'scipy') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_registry_of_names_matches_the_builders() -> None:
+    from deepsad import netconfig, networks
+
+    assert tuple(networks._BUILDERS) == netconfig.NETWORKS
+    assert networks.NetConfig is netconfig.NetConfig

@@ -246,7 +246,6 @@ def test_sweep_status_shows_counts_and_every_trial(sweep_dir: tuple[Path, list[d
     assert not got.imported["ray"]
 
 
-@pytest.mark.integration  # the command builds the cells, so it imports torch: over 2 s on 2 cores
 def test_results_show_csv_has_every_column_best_first(sweep_dir: tuple[Path, list[dict[str, Any]]]) -> None:
     root, rows = sweep_dir
     got = deepsad(["results", "show", NAME, "--storage", str(root / "store"), "--format", "csv"], cwd=root)
@@ -258,9 +257,9 @@ def test_results_show_csv_has_every_column_best_first(sweep_dir: tuple[Path, lis
     assert float(table[0]["val_auroc"]) == 0.9 and table[2]["val_auroc"] == ""
     assert json.loads(table[0]["normal_classes"]) == [0, 1, 2, 3, 4]  # lists as JSON
     assert not got.imported["ray"]
+    assert not got.imported["torch"]  # reading rows needs no cells: a quick command
 
 
-@pytest.mark.integration  # the command builds the cells, so it imports torch: over 2 s on 2 cores
 def test_results_show_json_top_k(sweep_dir: tuple[Path, list[dict[str, Any]]]) -> None:
     root, rows = sweep_dir
     store = str(root / "store")
@@ -271,6 +270,32 @@ def test_results_show_json_top_k(sweep_dir: tuple[Path, list[dict[str, Any]]]) -
     assert best[0]["val_auroc"] == 0.9 and best[0]["params_json"] == rows[0]["params_json"]
     assert best[0]["started_at"].startswith("2026-01-02 03:04:05")
     assert not got.imported["ray"]
+    assert not got.imported["torch"]
+
+
+def test_a_big_search_sweep_answers_without_torch_and_lists_what_needs_a_look(tmp_path: Path) -> None:
+    """A TPE sweep of 60 trials: ``status`` counts all, lists the unfinished ones (past 50 trials) with
+    their whole keys, and neither it nor ``results show --top`` imports torch (nothing to plan)."""
+    sweep = tmp_path / "store" / "big"
+    sweep.mkdir(parents=True)
+    (sweep / "spec.yaml").write_text((REPO / "sweeps" / "quickstart.yaml").read_text()
+                                     .replace("name: quickstart\n", "name: big\n", 1))
+    store = ResultStore(Storage.from_uri(str(sweep)))
+    keys = [f"{i:016x}" for i in range(60)]
+    for i, key in enumerate(keys):
+        store.write_trial({"trial_key": key, "status": "running" if i % 20 == 7 else "finished",
+                           "val_auroc": None if i % 20 == 7 else i / 100})
+    got = deepsad(["sweep", "status", "big", "--storage", str(tmp_path / "store")], cwd=tmp_path)
+    assert got.code == 0 and got.stderr == "", got.stderr
+    assert "big · tpe · 6 trials planned · 57 finished, 3 running" in got.stdout
+    assert [k for k in keys if k in got.stdout] == [keys[7], keys[27], keys[47]]
+    assert "57 more trials not listed" in got.stdout
+    assert got.imported == {"ray": False, "torch": False}
+    top = deepsad(["results", "show", "big", "--storage", str(tmp_path / "store"), "--top", "2"], cwd=tmp_path)
+    assert top.code == 0 and top.stderr == "", top.stderr
+    assert [k for k in keys if k in top.stdout] == [keys[58], keys[59]]  # whole keys, never shortened
+    assert top.stdout.index(keys[59]) < top.stdout.index(keys[58])
+    assert top.imported == {"ray": False, "torch": False}
 
 
 @pytest.mark.parametrize(
