@@ -162,6 +162,8 @@ def _outcome(rng: np.random.Generator, n: int, done: np.ndarray, started_us: np.
     return {
         "val_auroc": _nullable(rng.beta(8, 2, n), done, pa.float64()),
         "val_ap": _nullable(rng.beta(6, 3, n), done, pa.float64()),
+        "val_auroc_oracle": _nullable(rng.beta(8, 2, n), done, pa.float64()),
+        "val_ap_oracle": _nullable(rng.beta(6, 3, n), done, pa.float64()),
         "test_auroc": _nullable(rng.beta(8, 2, n), done, pa.float64()),
         "test_ap": _nullable(rng.beta(6, 3, n), done, pa.float64()),
         "epochs_done": pa.array(np.where(done, 150, rng.integers(0, 150, n))),

@@ -62,9 +62,10 @@ class BaselineData:
 
     x_train: np.ndarray
     x_val: np.ndarray
-    y_val: np.ndarray
+    y_val: np.ndarray  # the labels selection ranks on (a sweep passes those a user has: metrics.known_labels)
     x_test: np.ndarray
     y_test: np.ndarray
+    y_val_oracle: np.ndarray | None = None  # the validation part's true labels: reported, never chosen on
 
     def __post_init__(self) -> None:
         n_features = None
@@ -78,13 +79,16 @@ class BaselineData:
             n_features = d
             if not np.isfinite(x).all():
                 raise DataError(f"baseline data: x_{part} contains NaN or inf")
-        for part, x, y in (("val", self.x_val, self.y_val), ("test", self.x_test, self.y_test)):
+        for part, x, y in (("val", self.x_val, self.y_val), ("test", self.x_test, self.y_test),
+                           ("val_oracle", self.x_val, self.y_val_oracle)):
+            if y is None and part == "val_oracle":
+                continue
             if not isinstance(y, np.ndarray) or y.shape != (x.shape[0],):
                 shape = getattr(y, "shape", type(y).__name__)
                 raise DataError(f"baseline data: y_{part} must have shape ({x.shape[0]},), got {shape}")
             if not np.isin(y, (0, 1)).all():
                 raise DataError(f"baseline data: y_{part} must hold 0 (normal) / 1 (anomaly) only")
-            if np.unique(y).size != 2:
+            if np.unique(y).size != 2 and part != "val_oracle":
                 raise DataError(f"baseline data: y_{part} must contain both normal and anomalous samples")
 
     @property
@@ -112,6 +116,15 @@ class BaselineResult:
     search_seconds: float = 0.0
     n_fit_samples: int = 0
     candidates: tuple[tuple[Hyperparameters, float], ...] = field(default=(), repr=False)
+    val_auroc_oracle: float | None = None  # on BaselineData.y_val_oracle, if given (both classes)
+    val_ap_oracle: float | None = None
+    scorer: Scorer | None = field(default=None, repr=False, compare=False)  # the chosen model's
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """The chosen model's anomaly scores of ``x`` (N, ...)."""
+        if self.scorer is None:
+            raise ConfigError("baseline result: no model kept to score with")
+        return self.scorer(_flat(x))
 
     def to_dict(self) -> dict[str, Any]:
         """A flat JSON-able dict for result tables (``candidates`` omitted)."""
@@ -120,6 +133,8 @@ class BaselineResult:
             **{f"hp.{k}": v for k, v in self.hyperparameters.items()},
             "val_auroc": self.val_auroc,
             "val_ap": self.val_ap,
+            "val_auroc_oracle": self.val_auroc_oracle,
+            "val_ap_oracle": self.val_ap_oracle,
             "test_auroc": self.test_auroc,
             "test_ap": self.test_ap,
             "fit_seconds": self.fit_seconds,
@@ -204,6 +219,8 @@ def fit_baseline(
     # Only now does the test split enter.
     val_scores = scorer(x_val)
     test_scores = scorer(_flat(data.x_test))
+    oracle = data.y_val_oracle
+    defined = oracle is not None and np.unique(oracle).size == 2
     return BaselineResult(
         method=name,
         hyperparameters=candidates[i],
@@ -216,6 +233,9 @@ def fit_baseline(
         search_seconds=search_seconds,
         n_fit_samples=int(x_train.shape[0]),
         candidates=tuple(table),
+        scorer=scorer,
+        val_auroc_oracle=auroc(oracle, val_scores) if defined else None,
+        val_ap_oracle=average_precision(oracle, val_scores) if defined else None,
     )
 
 

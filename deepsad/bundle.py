@@ -33,7 +33,6 @@ fine-tuning sweep over one split and seed pretrains one AE for all its members.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -59,6 +58,7 @@ from deepsad.training import (
     FitResult,
     Snapshot,
     TrainConfig,
+    Validation,
     to_layout,
     trained_model,
     transfer_encoder,
@@ -193,9 +193,12 @@ class _Run:
         self.histories: list[list[EpochReport]] = [[] for _ in range(self.k)]
         self.on_epoch, self.val_every, self.eval_samples = on_epoch, val_every, eval_samples
         self.n_transferred = [0] * self.k
-        # validation needs both classes (else its metrics are None, as in training.finetune)
-        self.val_rankable = [len(np.unique(p.labels)) == 2 for p in self.val]
-        self.val_labels: torch.Tensor | None = None  # (K, L) padded, built at the first validation
+        # validation needs both classes (else its metrics are None, as in training.finetune): on the labels
+        # a user has (labelled anomalies against the rest) and, for comparison only, on the true labels
+        self.val_known = [metrics.known_labels(p.semi_targets.numpy()) for p in self.val]
+        self.val_rankable = [metrics.rankable(y) for y in self.val_known]
+        self.val_rankable_oracle = [metrics.rankable(p.labels) for p in self.val]
+        self.val_labels: tuple[torch.Tensor, torch.Tensor] | None = None  # (K, L) padded: known, true
         self.val_valid: torch.Tensor | None = None
 
     def ae_groups(self) -> list[list[int]]:
@@ -218,7 +221,7 @@ class _Run:
         self.histories = [[EpochReport(**h) for h in hist] for hist in from_json_value(state.meta["histories"])]
 
     def emit(self, phase: Phase, epochs: int, outcome: EpochOutcome, members: list[list[int]],
-             val: dict[int, tuple[float | None, float | None]], state_fn: Callable[[], BundleState]) -> None:
+             val: dict[int, Validation], state_fn: Callable[[], BundleState]) -> None:
         """Record member reports (``members[i]``: bundle members that phase member i stands for)."""
         for i, group in enumerate(members):
             loss = outcome.losses[i]
@@ -229,7 +232,7 @@ class _Run:
                 if loss is None or self.failures[k] is not None:
                     continue
                 n = len(self.train[k])
-                v = val.get(i, (None, None))
+                v = val.get(i, (None, None, None, None))
                 self.histories[k].append(EpochReport(phase, outcome.epoch, epochs, loss, outcome.lrs[i],
                                                      outcome.seconds, n / outcome.seconds, *v))
         if self.on_epoch is not None:
@@ -403,7 +406,7 @@ def _finetune_epochs(run: _Run, ph: BundlePhase, resume: BundleState | None) -> 
         ph.mark_failed(bad)
         ph.c = c
     epochs = run.cfgs[0].sad.epochs
-    val: dict[int, tuple[float | None, float | None]] = {}
+    val: dict[int, Validation] = {}
 
     def state_fn() -> BundleState:
         tensors, meta = ph.state()
@@ -438,7 +441,8 @@ def _finetune_epochs(run: _Run, ph: BundlePhase, resume: BundleState | None) -> 
                 hist = run.histories[k]
                 fit = FitResult(
                     model=trained_model(net, ph.c[k], cfg, split), history=list(hist),
-                    val_auroc=val.get(k, (None, None))[0], val_ap=val.get(k, (None, None))[1],
+                    val_auroc=val.get(k, _NO_VAL)[0], val_ap=val.get(k, _NO_VAL)[1],
+                    val_auroc_oracle=val.get(k, _NO_VAL)[2], val_ap_oracle=val.get(k, _NO_VAL)[3],
                     test_auroc=test_auroc, test_ap=test_ap,
                     ae_seconds=sum(h.seconds for h in hist if h.phase == "ae"), sad_seconds=sad_seconds,
                     n_transferred=run.n_transferred[k])
@@ -446,35 +450,45 @@ def _finetune_epochs(run: _Run, ph: BundlePhase, resume: BundleState | None) -> 
     return results
 
 
-def _validate(run: _Run, ph: BundlePhase) -> dict[int, tuple[float | None, float | None]]:
-    """Validation AUROC/AP of every live member, all members at once on the device
-    (:func:`deepsad.metrics.batched_auroc_ap`, equal to the per-member scikit-learn metrics);
-    a member whose scores are not finite fails."""
+_NO_VAL: Validation = (None, None, None, None)
+
+
+def _validate(run: _Run, ph: BundlePhase) -> dict[int, Validation]:
+    """Validation metrics (:data:`deepsad.training.Validation`) of every live member, all members at once
+    on the device (:func:`deepsad.metrics.batched_auroc_ap`, equal to the per-member scikit-learn
+    metrics); a member whose scores are not finite fails."""
     alive = ph.alive.cpu().tolist()
     live = [k for k in range(run.k) if run.failures[k] is None and alive[k]]
-    rankable = [k for k in live if run.val_rankable[k]]
-    out: dict[int, tuple[float | None, float | None]] = {k: (None, None) for k in live}
-    if not rankable:
+    known = [k for k in live if run.val_rankable[k]]
+    oracle = [k for k in live if run.val_rankable_oracle[k]]
+    out: dict[int, Validation] = {k: _NO_VAL for k in live}
+    scored = sorted(set(known) | set(oracle))
+    if not scored:
         return out  # no anomalies (or no normals) to rank, as in training.finetune
     if run.val_labels is None:
         width = max(len(p) for p in run.val)
-        labels = np.zeros((run.k, width), dtype=np.int64)
+        padded = np.zeros((2, run.k, width), dtype=np.int64)
         for k, p in enumerate(run.val):
-            labels[k, : len(p)] = p.labels
-        run.val_labels = torch.from_numpy(labels).to(run.device)
+            padded[0, k, : len(p)] = run.val_known[k]
+            padded[1, k, : len(p)] = p.labels
+        both = torch.from_numpy(padded).to(run.device)
+        run.val_labels = (both[0], both[1])
         run.val_valid = torch.arange(width, device=run.device).view(1, -1) < torch.tensor(
             [len(p) for p in run.val], device=run.device).view(-1, 1)
     assert run.val_valid is not None
-    scores = ph.score_rows(run.val, ph.c, run.eval_samples, rankable)
-    auroc, ap = (v.cpu().tolist() for v in metrics.batched_auroc_ap(run.val_labels, scores, run.val_valid))
+    scores = ph.score_rows(run.val, ph.c, run.eval_samples, scored)
+    auroc, ap = (v.cpu().tolist() for v in metrics.batched_auroc_ap(run.val_labels[0], scores, run.val_valid))
+    auroc_o, ap_o = (v.cpu().tolist() for v in metrics.batched_auroc_ap(run.val_labels[1], scores, run.val_valid))
     bad = []
-    for k in rankable:
-        if math.isnan(auroc[k]):
+    for k in scored:
+        finite = bool(torch.isfinite(scores[k][run.val_valid[k]]).all())
+        if not finite:
             run.failures[k] = f"validation in sad epoch {ph.epoch}: scores contain NaN or inf: the model diverged"
             bad.append(k)
             del out[k]
         else:
-            out[k] = (auroc[k], ap[k])
+            out[k] = ((auroc[k], ap[k]) if k in known else (None, None)) + (
+                (auroc_o[k], ap_o[k]) if k in oracle else (None, None))
     ph.mark_failed(bad)
     return out
 

@@ -9,18 +9,24 @@ scikit-learn ValueError), so a sweep records them as a failed trial with a reada
 from __future__ import annotations
 
 import math
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from deepsad.errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    import torch
+
+# torch and scikit-learn are imported where a metric is computed: the names and label rules below are read
+# by sweep-file checks that must stay quick
+
 
 def _as_1d(x: Any, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to("cpu", torch.float64).numpy()
+    torch_ = sys.modules.get("torch")  # a tensor exists only if torch is imported
+    if torch_ is not None and isinstance(x, torch_.Tensor):
+        x = x.detach().to("cpu", torch_.float64).numpy()
     arr = np.asarray(x)
     if arr.ndim != 1:
         raise DataError(f"{name} must be 1-D (N,), got shape {arr.shape}")
@@ -55,6 +61,37 @@ def _labels_and_scores(labels: Any, scores: Any, metric: str) -> tuple[np.ndarra
     return y, s
 
 
+#: Every run's validation metrics. ``val_auroc`` / ``val_ap`` use only the labels a user has: the labelled
+#: anomalies of the validation part (semi-target -1) are the positives, everything else (labelled normals
+#: and every unlabelled sample, polluted or not) counts as normal. ``*_oracle`` use the true labels, which
+#: no user has for the unlabelled samples: reported for comparison with published protocols only.
+VALIDATION_METRICS = ("val_auroc", "val_ap", "val_auroc_oracle", "val_ap_oracle")
+
+
+def known_labels(semi_targets: Any) -> np.ndarray:
+    """The validation labels a user has: 1 for a labelled anomaly (semi-target -1), else 0 (labelled
+    normals and the unlabelled rest, treated as normal). Depends on ``semi_targets`` alone, never on the
+    true labels."""
+    return (np.asarray(semi_targets) == -1).astype(np.int64)
+
+
+def validation_labels(metric: str, *, semi_targets: Any, labels: Any) -> np.ndarray:
+    """The 0/1 labels that validation metric ``metric`` (one of :data:`VALIDATION_METRICS`) ranks on:
+    :func:`known_labels` for ``val_auroc`` / ``val_ap``, the true ``labels`` for the ``_oracle`` ones.
+
+    Raises:
+        ConfigError: an unknown metric.
+    """
+    if metric not in VALIDATION_METRICS:
+        raise ConfigError(f"validation metric: must be one of {', '.join(VALIDATION_METRICS)} (got {metric!r})")
+    return np.asarray(labels).astype(np.int64) if metric.endswith("_oracle") else known_labels(semi_targets)
+
+
+def rankable(labels: Any) -> bool:
+    """Whether ``labels`` hold both classes (else AUROC and AP are undefined: the metric is None)."""
+    return len(np.unique(np.asarray(labels))) == 2
+
+
 def auroc(labels: Any, scores: Any) -> float:
     """Area under the ROC curve. ``labels``, ``scores``: ``(N,)``.
 
@@ -62,6 +99,8 @@ def auroc(labels: Any, scores: Any) -> float:
     NaN/inf.
     """
     y, s = _labels_and_scores(labels, scores, "AUROC")
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y, s))
 
 
@@ -69,6 +108,8 @@ def average_precision(labels: Any, scores: Any) -> float:
     """Average precision (area under the precision-recall curve, anomalies as positives). Same errors as
     :func:`auroc`."""
     y, s = _labels_and_scores(labels, scores, "average precision")
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(y, s))
 
 
@@ -116,6 +157,8 @@ def batched_auroc_ap(labels: torch.Tensor, scores: torch.Tensor, valid: torch.Te
     :func:`auroc` and :func:`average_precision` of each row (ties count as scikit-learn counts them:
     one threshold per distinct score), NaN for a row without both classes or with a non-finite score.
     """
+    import torch
+
     s = torch.where(valid, scores.double(), torch.full_like(scores, -math.inf, dtype=torch.float64))
     bad = (valid & ~torch.isfinite(scores.double())).any(1)
     s = torch.where(bad.view(-1, 1) & valid, torch.zeros_like(s), s)  # keep the sort well-defined

@@ -152,8 +152,10 @@ class EpochReport:
     lr: float
     seconds: float
     samples_per_s: float
-    val_auroc: float | None = None
+    val_auroc: float | None = None  # the labels a user has (see deepsad.metrics.VALIDATION_METRICS)
     val_ap: float | None = None
+    val_auroc_oracle: float | None = None  # the true labels: for comparison only
+    val_ap_oracle: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -213,13 +215,15 @@ class FitResult:
 
     model: DeepSADModel
     history: list[EpochReport]
-    val_auroc: float | None
+    val_auroc: float | None  # labelled anomalies against the rest (deepsad.metrics.VALIDATION_METRICS)
     val_ap: float | None
     test_auroc: float
     test_ap: float
     ae_seconds: float
     sad_seconds: float
     n_transferred: int
+    val_auroc_oracle: float | None = None  # the validation part's true labels: for comparison only
+    val_ap_oracle: float | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -232,6 +236,7 @@ class DeviceData:
     x: torch.Tensor
     semi_targets: torch.Tensor
     labels: np.ndarray
+    known: np.ndarray  # the labels a user has (deepsad.metrics.known_labels)
 
     @classmethod
     def from_part(cls, part: Part, device: torch.device) -> DeviceData:
@@ -239,10 +244,30 @@ class DeviceData:
             x=to_layout(torch.as_tensor(np.ascontiguousarray(part.x), dtype=torch.float32).to(device)),
             semi_targets=torch.as_tensor(part.semi_targets, dtype=torch.int64).to(device),
             labels=np.asarray(part.labels),
+            known=metrics.known_labels(part.semi_targets),
         )
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+
+#: ``(val_auroc, val_ap, val_auroc_oracle, val_ap_oracle)`` (deepsad.metrics.VALIDATION_METRICS); None
+#: where the labels hold one class only.
+Validation = tuple[float | None, float | None, float | None, float | None]
+
+
+def validation(val: DeviceData, score: Callable[[], np.ndarray]) -> Validation:
+    """The validation metrics of the scores ``score()`` gives ``val`` (called only if a metric is defined):
+    on the labels a user has (labelled anomalies against the rest), then on the true labels."""
+    known, oracle = metrics.rankable(val.known), metrics.rankable(val.labels)
+    if not (known or oracle):
+        return None, None, None, None  # nothing to rank on
+    scores = score()
+
+    def pair(labels: np.ndarray, ok: bool) -> tuple[float | None, float | None]:
+        return (metrics.auroc(labels, scores), metrics.average_precision(labels, scores)) if ok else (None, None)
+
+    return (*pair(val.known, known), *pair(val.labels, oracle))
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
@@ -384,7 +409,7 @@ def _run_epochs(
     ctx: DistContext,
     state: TrainState | None,
     snapshot: Callable[[int, torch.optim.Optimizer, Any, torch.Generator, list[EpochReport]], TrainState],
-    validate: Callable[[], tuple[float | None, float | None]] | None,
+    validate: Callable[[], Validation] | None,
     on_epoch: OnEpoch | None,
 ) -> list[EpochReport]:
     """The shared epoch loop. ``step_loss(local_idx)`` returns per-sample losses of the local batch."""
@@ -414,7 +439,7 @@ def _run_epochs(
         sched.step()
         ctx.all_reduce_(total)
         loss = float(total) / n
-        val: tuple[float | None, float | None] = validate() if validate is not None else (None, None)
+        val: Validation = validate() if validate is not None else (None, None, None, None)
         seconds = time.perf_counter() - t0
         report = EpochReport(phase, epoch + 1, cfg.epochs, loss, lr, seconds, n / seconds, *val)
         history.append(report)
@@ -548,11 +573,8 @@ def finetune(
             z = net(train.x[local])
         return phase_losses("sad", z, c=c, semi_targets=train.semi_targets[local], eta=cfg.eta)
 
-    def validate() -> tuple[float | None, float | None]:
-        if len(np.unique(val.labels)) < 2:
-            return None, None  # no anomalies (or no normals) to rank: nothing to validate on
-        scores = anomaly_scores(net, c, val.x).cpu().numpy()
-        return metrics.auroc(val.labels, scores), metrics.average_precision(val.labels, scores)
+    def validate() -> Validation:
+        return validation(val, lambda: anomaly_scores(net, c, val.x).cpu().numpy())
 
     def snapshot(epoch: int, opt: Any, sched: Any, gen: torch.Generator, hist: list[EpochReport]) -> TrainState:
         st = _state(phase="sad", epoch=epoch, module=net, opt=opt, sched=sched, gen=gen, history=hist,
@@ -567,12 +589,13 @@ def finetune(
         validate=validate, on_epoch=on_epoch,
     )
     sad_seconds = time.perf_counter() - t0
-    val_auroc, val_ap = validate()
+    val_auroc, val_ap, val_auroc_oracle, val_ap_oracle = validate()
     test = DeviceData.from_part(split.test, device)
     test_scores = anomaly_scores(net, c, test.x).cpu().numpy()
     model = trained_model(net, c, cfg, split)
     return FitResult(
         model=model, history=ae_hist + history, val_auroc=val_auroc, val_ap=val_ap,
+        val_auroc_oracle=val_auroc_oracle, val_ap_oracle=val_ap_oracle,
         test_auroc=metrics.auroc(test.labels, test_scores),
         test_ap=metrics.average_precision(test.labels, test_scores),
         ae_seconds=sum(h.seconds for h in ae_hist), sad_seconds=sad_seconds, n_transferred=n_transferred,

@@ -43,7 +43,8 @@ def pull(
         str | None, typer.Option("--storage", help="Sweep storage (default runs/sweeps).")
     ] = None,
     metric: Annotated[
-        str, typer.Option("--metric", help="Validation metric: val_auroc or val_ap.")
+        str, typer.Option("--metric", help="Validation metric: val_auroc or val_ap (labelled anomalies against the rest), "
+                     "val_auroc_oracle or val_ap_oracle (true labels, for comparison only).")
     ] = "val_auroc",
     policy: Annotated[
         str,

@@ -84,8 +84,10 @@ def train(
     split, cfg, result = _load_and_train(dataset, data_dir, protocol, rep_dim, settings)
     with output.staging() as staged:
         _save(staged, result, split, cfg, _split_record(dataset, data_dir, split))
-    val = "n/a (no anomalies in the validation split)" if result.val_auroc is None else f"{result.val_auroc:.4f}"
-    typer.echo(f"val AUROC {val} · test AUROC {result.test_auroc:.4f} · test AP {result.test_ap:.4f}")
+    val = ("n/a (no labelled anomalies in the validation split)" if result.val_auroc is None
+           else f"{result.val_auroc:.4f}")
+    oracle = "" if result.val_auroc_oracle is None else f" (true labels: {result.val_auroc_oracle:.4f})"
+    typer.echo(f"val AUROC {val}{oracle} · test AUROC {result.test_auroc:.4f} · test AP {result.test_ap:.4f}")
     typer.echo(f"model written to {output.path / 'model'}")
 
 
@@ -289,6 +291,8 @@ def _save(out: Path, result: Any, split: Any, cfg: Any, split_record: dict[str, 
         "config": cfg.to_dict(),
         "val_auroc": result.val_auroc,
         "val_ap": result.val_ap,
+        "val_auroc_oracle": result.val_auroc_oracle,
+        "val_ap_oracle": result.val_ap_oracle,
         "test_auroc": result.test_auroc,
         "test_ap": result.test_ap,
         "ae_seconds": result.ae_seconds,
@@ -296,7 +300,8 @@ def _save(out: Path, result: Any, split: Any, cfg: Any, split_record: dict[str, 
         "n_transferred": result.n_transferred,
         "history": [h.to_dict() for h in result.history],
     }
-    result.model.meta["metrics"] = {k: summary[k] for k in ("val_auroc", "val_ap", "test_auroc", "test_ap")}
+    result.model.meta["metrics"] = {k: summary[k] for k in ("val_auroc", "val_ap", "val_auroc_oracle", "val_ap_oracle",
+                                                            "test_auroc", "test_ap")}
     result.model.save(out / "model")
     tmp = out / ".metrics.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from deepsad.errors import CheckpointError, ConfigError, DeepSADError, StorageError
+from deepsad.metrics import VALIDATION_METRICS
 from orchestration.store.layout import sweep_location
 from orchestration.store.outputs import OutputDir, output_path
 from orchestration.store.results import ResultStore, check_trial_key
 from orchestration.store.storage import Storage, safe_key
 
-VALIDATION_METRICS: tuple[str, ...] = ("val_auroc", "val_ap")
 POLICIES: tuple[str, ...] = ("median", "best", "mean-closest")
 SELECTION_FILE = "selection.json"
 #: What `checkpoint pull` writes into --to (and so what its --force may replace): the bundle and why.
@@ -353,7 +353,7 @@ def _selection(
         "values": [{"seed": s.seed, "trial_key": s.trial_key, "value": s.value} for s in chosen.seeds],
         "config": chosen.config,
         "params": chosen.params,
-        "metrics": {k: row.get(k) for k in ("val_auroc", "val_ap", "test_auroc", "test_ap")},
+        "metrics": {k: row.get(k) for k in (*VALIDATION_METRICS, "test_auroc", "test_ap")},
         "fingerprint": row.get("fingerprint"),
         "split": split_source(sweep, row, model_meta),
         "ranking": [

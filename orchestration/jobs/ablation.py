@@ -126,6 +126,7 @@ def _selected_row(rows: RowWriter, unit: AblationUnit) -> dict[str, Any] | None:
 
 def _run_baseline(unit: AblationUnit, reporter: Reporter, ctx: RunContext) -> dict[str, Any]:
     from deepsad.baselines import BaselineData, default_grid, fit_baseline
+    from deepsad.metrics import auroc, average_precision, known_labels, rankable, validation_labels
 
     rows = ctx.rows()
     previous = rows.finished(unit.key)
@@ -136,22 +137,30 @@ def _run_baseline(unit: AblationUnit, reporter: Reporter, ctx: RunContext) -> di
     faults.checkpoint("trial_start", rank=0, trial_key=unit.key)
     split = make_split(load_data(unit.trial.dataset, unit.trial.data_dir), unit.trial.protocol)
     name: Any = unit.method
-    if (split.val.labels == 1).any():
-        data = BaselineData(split.train.x, split.val.x, split.val.labels, split.test.x, split.test.labels)
+    # candidates are chosen on the unit's objective: by default the labels a user has (labelled anomalies
+    # against the rest), an _oracle objective the true ones; both kinds of validation metric are reported
+    chosen_on = validation_labels(unit.objective, semi_targets=split.val.semi_targets, labels=split.val.labels)
+    known = known_labels(split.val.semi_targets)
+    if (chosen_on == 1).any():
+        data = BaselineData(split.train.x, split.val.x, chosen_on, split.test.x, split.test.labels,
+                            y_val_oracle=split.val.labels)
         result = fit_baseline(name, data, seed=unit.seed)
         params: dict[str, Any] = dict(result.hyperparameters)
-        val_auroc: float | None = result.val_auroc
-        val_ap: float | None = result.val_ap
     else:
-        # γ_l = γ_p = 0: validation cannot rank the candidates, so all tie and the first is taken (the
-        # tie rule of fit_baseline). With one candidate nothing is chosen, so the test part may stand
-        # in for the validation argument (which must hold both classes); its val metrics are dropped.
+        # nothing to rank the candidates on (no labelled anomaly in validation, or γ_l = γ_p = 0 for an
+        # _oracle objective): all tie and the first is taken (the tie rule of fit_baseline). With one
+        # candidate nothing is chosen, so the test part may stand in for the validation argument (which
+        # must hold both classes); the validation metrics are then computed below, not taken from it.
         data = BaselineData(split.train.x, split.test.x, split.test.labels, split.test.x, split.test.labels)
         result = fit_baseline(name, data, seed=unit.seed, grid=[default_grid(name)[0]])
-        params = {**result.hyperparameters, "selection": "first candidate (no anomalies in validation)"}
-        val_auroc = val_ap = None
+        params = {**result.hyperparameters, "selection": "first candidate (no anomalies to choose on in validation)"}
+    scores = result.score(split.val.x)
+    val: dict[str, float | None] = dict.fromkeys(("val_auroc", "val_ap", "val_auroc_oracle", "val_ap_oracle"))
+    for suffix, labels in (("", known), ("_oracle", split.val.labels)):
+        if rankable(labels):
+            val[f"val_auroc{suffix}"], val[f"val_ap{suffix}"] = auroc(labels, scores), average_precision(labels, scores)
     faults.checkpoint("trial_end", rank=0, trial_key=unit.key)
-    row = rows.finish(attempt, {"fingerprint": split.fingerprint, "val_auroc": val_auroc, "val_ap": val_ap,
+    row = rows.finish(attempt, {"fingerprint": split.fingerprint, **val,
                                 "test_auroc": result.test_auroc, "test_ap": result.test_ap,
                                 "params_json": json.dumps(params, sort_keys=True), "device": "cpu"})
     reporter.report(final_metrics(row, skipped=False), None)

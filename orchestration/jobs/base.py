@@ -167,7 +167,8 @@ def without_labels(split: SemiSupervisedSplit) -> SemiSupervisedSplit:
 
 def final_metrics(row: Mapping[str, Any], *, skipped: bool) -> dict[str, Any]:
     """A finished (or skipped) training's last report to Tune: its metrics and ``done``."""
-    keys = ("trial_key", "val_auroc", "val_ap", "test_auroc", "test_ap", "cache_hit", "epochs_done")
+    keys = ("trial_key", "val_auroc", "val_ap", "val_auroc_oracle", "val_ap_oracle", "test_auroc", "test_ap",
+            "cache_hit", "epochs_done")
     return {**{k: row.get(k) for k in keys}, "epoch": row.get("epochs_done"), "done": True, "skipped": skipped}
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from deepsad.data.splits import SemiSupervisedSplit, make_split
+from deepsad.metrics import VALIDATION_METRICS
 from deepsad.training import EpochReport, FitResult, TrainConfig, TrainState, finetune, pretrain
 from orchestration.jobs import faults
 from orchestration.jobs.autoencoder import Pretrained, cached_autoencoders, lock_owner, no_cache_columns
@@ -161,7 +162,8 @@ def epoch_metrics(report: EpochReport, extra: dict[str, Any]) -> dict[str, Any]:
     metrics: dict[str, Any] = {"phase": phase, f"{phase}_epoch": report.epoch, f"{phase}_loss": report.loss,
                                "samples_per_s": report.samples_per_s, **extra}
     if phase == "sad":
-        metrics.update(epoch=report.epoch, val_auroc=report.val_auroc, val_ap=report.val_ap, loss=report.loss)
+        metrics.update(epoch=report.epoch, val_auroc=report.val_auroc, val_ap=report.val_ap,
+                       val_auroc_oracle=report.val_auroc_oracle, val_ap_oracle=report.val_ap_oracle, loss=report.loss)
     return metrics
 
 
@@ -195,6 +197,7 @@ def outcome(result: FitResult, split: SemiSupervisedSplit, cfg: TrainConfig, cac
     """The outcome columns of a finished training's row."""
     return {
         "fingerprint": split.fingerprint, "val_auroc": result.val_auroc, "val_ap": result.val_ap,
+        "val_auroc_oracle": result.val_auroc_oracle, "val_ap_oracle": result.val_ap_oracle,
         "test_auroc": result.test_auroc, "test_ap": result.test_ap,
         "epochs_done": sum(1 for h in result.history if h.phase == "sad"),
         "sad_seconds": result.sad_seconds, "device": cfg.device, **cache,
@@ -206,7 +209,7 @@ def save_model(result: FitResult, ctx: RunContext, member: Member, row: dict[str
     checkpoint = checkpoint_location(Storage.from_uri(ctx.storage_uri), member.key)
     with tempfile.TemporaryDirectory() as tmp:
         result.model.meta.update(sweep=ctx.sweep, trial_key=member.key, params=member.trial.params,
-                                 metrics={k: row[k] for k in ("val_auroc", "val_ap", "test_auroc", "test_ap")},
+                                 metrics={k: row.get(k) for k in (*VALIDATION_METRICS, "test_auroc", "test_ap")},
                                  **({"bundle": row["bundle"]} if row.get("bundle") else {}))
         result.model.save(Path(tmp) / "model")
         checkpoint.upload_dir(Path(tmp) / "model")

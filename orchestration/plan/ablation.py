@@ -27,8 +27,9 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from deepsad.errors import ConfigError, DataError
+from deepsad.metrics import VALIDATION_METRICS
 from orchestration.plan.cells import amount, build_trial, resolve_data, sample_shape_of, typed_params
-from orchestration.plan.preflight import protocol_field
+from orchestration.plan.preflight import no_validation_anomalies, protocol_field
 from orchestration.plan.trial import TrialConfig, digest, plain
 from orchestration.spec.checks import protocol_combinations
 from orchestration.spec.model import (
@@ -66,7 +67,8 @@ class AblationUnit:
         axes: the cell's axis values (plain JSON), e.g. ``{"ratio_known_outlier": 0.05}``.
         budget: tuned: inner trainings; otherwise 1.
         space: tuned: the searched distributions (``search.space`` as plain JSON; Deep SVDD without η).
-        objective: tuned: the validation metric the inner study maximises.
+        objective: tuned: the validation metric the inner study maximises; baselines: the one their
+            hyperparameters are chosen on.
         search_seed: tuned: seeds the inner TPE sampler.
 
     Raises:
@@ -94,9 +96,9 @@ class AblationUnit:
             raise ConfigError(f"ablation unit: budget must be >= 1, and 1 unless tuned (got {self.budget})")
         if self.policy == "tuned" and not self.space:
             raise ConfigError("ablation unit: policy tuned needs a non-empty space")
-        if self.objective not in ("val_auroc", "val_ap"):
+        if self.objective not in VALIDATION_METRICS:
             raise ConfigError(
-                f"ablation unit: objective must be val_auroc or val_ap (got {self.objective!r})"
+                f"ablation unit: objective must be one of {', '.join(VALIDATION_METRICS)} (got {self.objective!r})"
             )
         object.__setattr__(self, "axes", plain(dict(self.axes)))
         object.__setattr__(self, "space", plain(dict(self.space)))
@@ -119,7 +121,9 @@ class AblationUnit:
             }
         else:
             identity = self.trial.identity()
-        extra = {}
+        extra: dict[str, Any] = {}
+        if self.is_baseline and self.objective != "val_auroc":  # it chose on another metric (keys before kept)
+            extra = {"objective": self.objective}
         if self.policy == "tuned":
             extra = {"budget": self.budget, "space": self.space, "objective": self.objective,
                      "search_seed": self.search_seed}  # fmt: skip
@@ -298,8 +302,8 @@ def _expand(spec: SweepSpec, shapes: Mapping[str, tuple[int, ...]] | None) -> li
 
 def _unit(base: TrialConfig, method: str, policy: str, axes: dict[str, Any], budget: int | None,
           space: dict[str, Any], spec: SweepSpec) -> AblationUnit:  # fmt: skip
-    if method in BASELINES:
-        return AblationUnit(base, method, "own", axes)
+    if method in BASELINES:  # they choose their hyperparameters on the sweep's objective
+        return AblationUnit(base, method, "own", axes, objective=spec.search.objective.metric)
     if method == "deepsvdd":
         base = replace(base, train=replace(base.train, eta=1.0))  # no labels: η has no effect
         space = {k: v for k, v in space.items() if k != "eta"}
@@ -355,6 +359,7 @@ def validate_ablation(spec: SweepSpec) -> list[AblationUnit]:
         ConfigError: one line per problem, ``<spec file>: <field>: <message>``.
     """
     from deepsad.data.splits import make_split
+    from deepsad.metrics import validation_labels
 
     data = _load_datasets(spec)
     problems: list[Problem] = []
@@ -380,11 +385,11 @@ def validate_ablation(spec: SweepSpec) -> list[AblationUnit]:
                 where = f"ablation.axes.{axis}[{cell.index[axis]}]"
             failures.setdefault(where, []).append(f"{at}: {message}")
             continue
-        if tuned and not (split.val.labels == 1).any():
+        metric = spec.search.objective.metric
+        if tuned and not (validation_labels(metric, semi_targets=split.val.semi_targets,
+                                            labels=split.val.labels) == 1).any():
             failures.setdefault("ablation.policy", []).append(
-                f"tuned chooses on validation, but {at} the validation part has no anomalies; raise "
-                "ratio_pollution, ratio_known_outlier/n_labeled_anomalies or val_fraction"
-            )
+                f"tuned chooses on validation, but {at} {no_validation_anomalies(metric)}")
     for where, messages in failures.items():
         more = f" (and {len(messages) - 1} more cells)" if len(messages) > 1 else ""
         problems.append(Problem(where, messages[0] + more))
@@ -465,6 +470,10 @@ class AblationPlan:
             )
         else:
             lines.append(f"  autoencoders: up to {self.n_ae_trainings} to train (the tuned values decide)")
+        baselines = [m for m in self.methods if m in BASELINES]
+        if baselines:
+            lines.append(f"  {', '.join(baselines)}: hyperparameters chosen on {self.objective} of the cell's "
+                         "validation part")  # fmt: skip
         lines.append(
             f"  per trial: {amount(self.cpus_per_trial, 'CPU')}, {amount(self.gpus_per_trial, 'GPU')} · "
             f"at most {self.max_concurrent_trials} at once · up to "

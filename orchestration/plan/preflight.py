@@ -22,8 +22,8 @@ def validate_spec(spec: SweepSpec) -> list[TrialConfig]:
 
     Loads the data set once, builds every cell (grid, random) or the trials at the extremes of the
     space (tpe, see :func:`probe_params`) for every seed, and draws the split of every seed to
-    prove the protocol feasible — including that the validation part has anomalies, without which
-    the objective is undefined.
+    prove the protocol feasible — including that the validation part has the anomalies the objective
+    ranks on (labelled ones; any for an ``_oracle`` metric), without which it is undefined.
 
     Returns:
         The cells (grid, random) or the probe trials (tpe).
@@ -63,6 +63,8 @@ def validate_spec(spec: SweepSpec) -> list[TrialConfig]:
 
 
 def split_problems(spec: SweepSpec, data: Dataset, protocol: Protocol, make_split: Any) -> list[Problem]:
+    from deepsad.metrics import validation_labels
+
     seed = protocol.seed
     try:
         split = make_split(data, protocol)
@@ -72,15 +74,20 @@ def split_problems(spec: SweepSpec, data: Dataset, protocol: Protocol, make_spli
         if field.startswith("protocol."):
             return [Problem(field, f"seed {seed}: {rest}")]
         return [Problem(protocol_field(message, protocol), f"seed {seed}: {message}")]
-    if not (split.val.labels == 1).any():
-        return [
-            Problem(
-                "protocol",
-                f"seed {seed}: the validation part has no anomalies, so {spec.search.objective.metric} is "
-                "undefined; raise ratio_pollution, n_labeled_anomalies/ratio_known_outlier or val_fraction",
-            )
-        ]
+    metric = spec.search.objective.metric
+    if not (validation_labels(metric, semi_targets=split.val.semi_targets, labels=split.val.labels) == 1).any():
+        return [Problem("protocol", f"seed {seed}: {no_validation_anomalies(metric)}")]
     return []
+
+
+def no_validation_anomalies(metric: str) -> str:
+    """Why ``metric`` cannot be computed on a validation part, and what would fix it."""
+    if metric.endswith("_oracle"):
+        return (f"the validation part has no anomalies, so {metric} is undefined; raise ratio_pollution, "
+                "n_labeled_anomalies/ratio_known_outlier or val_fraction")
+    return (f"the validation part has no labelled anomalies, so {metric} (labelled anomalies against the rest) is "
+            "undefined; raise n_labeled_anomalies/ratio_known_outlier or val_fraction (or, to compare with "
+            f"published protocols only, choose {metric}_oracle: the true labels, which no user has)")
 
 
 def protocol_field(message: str, protocol: Protocol) -> str:

@@ -379,7 +379,7 @@ def _ablation(s: dict[str, Any]) -> Iterator[Problem]:
         if ablation.budget is None:
             yield Problem("ablation.budget", "missing (required for policy tuned: the trainings per cell)")
     else:
-        if has_search:
+        if has_search and given["search"] - {"objective"}:  # search.objective alone: what baselines choose on
             yield Problem("search", "policy fixed trains the file's own hyperparameters; remove search, or set "
                           "ablation.policy: tuned")  # fmt: skip
         if ablation.budget is not None:

@@ -115,7 +115,7 @@ def _ablation_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     if search is None:
         out["search"] = {"algorithm": "grid", "space": {}}
     elif isinstance(search, dict) and "algorithm" not in search:
-        out["search"] = {"algorithm": "grid", **search}
+        out["search"] = {"algorithm": "grid", "space": {}, **search}  # a fixed ablation may give only objective
     axes = ablation.get("axes")
     axes = axes if isinstance(axes, dict) else {}
     for section, key in (("protocol", "normal_classes"), ("data", "dataset")):

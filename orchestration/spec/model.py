@@ -42,6 +42,7 @@ from pydantic import (
 )
 
 from deepsad.errors import ConfigError
+from deepsad.metrics import VALIDATION_METRICS
 
 #: The hyperparameters a search may vary (a closed set; ``ae_*`` apply to pretraining).
 SPACE_KEYS: tuple[str, ...] = ("eta", "rep_dim", "weight_decay", "lr", "ae_lr", "ae_weight_decay")
@@ -332,8 +333,9 @@ class ObjectiveSpec(_Section):
     def _validation_only(cls, v: str) -> str:
         if v.startswith("test"):
             raise ValueError("test metrics may not be tuned on — use val_auroc or val_ap")
-        if v not in ("val_auroc", "val_ap"):
-            raise ValueError("must be val_auroc or val_ap")
+        if v not in VALIDATION_METRICS:
+            raise ValueError(f"must be one of {', '.join(VALIDATION_METRICS)} (val_auroc, val_ap: labelled anomalies "
+                             "against the rest of the validation part; _oracle: its true labels, for comparison only)")
         return v
 
 

@@ -233,13 +233,29 @@ class DeltaRows:
     def _writer_table(self) -> Any:
         """The table at its latest version: opened once, then only the log entries since are read."""
         if self._writing is None:
-            self._writing = self._table() if self.exists() else self._create()
+            self._writing = self._evolved(self._table()) if self.exists() else self._create()
             return self._writing
         try:
             self._writing.update_incremental()
         except Exception:
             self._writing = self._table()  # e.g. log entries cleaned up meanwhile: open it afresh
         return self._writing
+
+    def _evolved(self, dt: Any) -> Any:
+        """``dt`` with the schema's columns that a table of an earlier version lacks added (nullable, at the
+        end: their old rows read as null); other columns are never changed."""
+        from deltalake.schema import Field
+
+        have = {f.name for f in dt.schema().fields}
+        missing = [f for f in self.schema if f.name not in have]
+        if missing:
+            try:
+                dt.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in missing])
+            except Exception as e:
+                raise StorageError(f"{self.storage.uri}: cannot add the columns {', '.join(f.name for f in missing)} "
+                                   f"({_why(e)})") from e
+            dt = self._table()
+        return dt
 
 
 def _last_per_key(rows: pa.Table, key: str) -> pa.Table:

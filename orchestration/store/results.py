@@ -417,7 +417,7 @@ class RowWriter:
         if params is not None:
             row["params_json"] = json.dumps(dict(params), sort_keys=True)
         last = last or {}
-        for k in ("val_auroc", "val_ap"):
+        for k in ("val_auroc", "val_ap", "val_auroc_oracle", "val_ap_oracle"):
             if isinstance(last.get(k), float):
                 row[k] = last[k]
         if isinstance(last.get("epoch"), int):

@@ -79,7 +79,7 @@ TRIAL_SCHEMA = _schema(
         pa.field("inner_trial", pa.int64()),  # tuned: 0..budget-1
         # outcome
         pa.field("fingerprint", pa.string()),  # of the semi-supervised split
-        pa.field("val_auroc", pa.float64()),
+        pa.field("val_auroc", pa.float64()),  # labelled anomalies against the rest (deepsad.metrics)
         pa.field("val_ap", pa.float64()),
         pa.field("test_auroc", pa.float64()),
         pa.field("test_ap", pa.float64()),
@@ -96,6 +96,9 @@ TRIAL_SCHEMA = _schema(
         pa.field("checkpoint", pa.string()),  # URI of the trial's final model bundle
         pa.field("device", pa.string()),
         pa.field("workers", pa.int64()),
+        # validation on the true labels (for comparison only; val_auroc/val_ap use the labels a user has)
+        pa.field("val_auroc_oracle", pa.float64()),
+        pa.field("val_ap_oracle", pa.float64()),
     ],
 )
 
@@ -115,6 +118,8 @@ EPOCH_SCHEMA = _schema(
         pa.field("val_auroc", pa.float64()),
         pa.field("val_ap", pa.float64()),
         pa.field("attempt", pa.int64()),
+        pa.field("val_auroc_oracle", pa.float64()),
+        pa.field("val_ap_oracle", pa.float64()),
     ],
 )
 

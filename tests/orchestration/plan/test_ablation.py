@@ -153,6 +153,25 @@ def test_search_must_fit_the_policy() -> None:
     assert spec_of(tuned).search.space.lr is not None  # tuned takes any distribution (TPE inside the cell)
 
 
+def test_a_fixed_ablation_may_name_the_metric_its_baselines_choose_on(tmp_path: Path) -> None:
+    default = {u.cell: u for u in expand_units(spec_of(spec_dict())) if u.is_baseline}
+    d = spec_dict()
+    d["search"] = {"objective": {"metric": "val_auroc_oracle"}}
+    oracle = {u.cell: u for u in expand_units(spec_of(d)) if u.is_baseline}
+    assert default.keys() == oracle.keys() and default
+    assert {u.objective for u in default.values()} == {"val_auroc"}
+    assert {u.objective for u in oracle.values()} == {"val_auroc_oracle"}
+    # a baseline that chose on another metric is another result; the default keys stay what they were
+    assert not {u.key for u in default.values()} & {u.key for u in oracle.values()}
+    assert any("isoforest: hyperparameters chosen on val_auroc_oracle" in line
+               for line in make_plan(spec_of(d)).describe())  # fmt: skip
+    # in a cell without labelled anomalies, the user's metric cannot choose; the oracle can
+    unit = next(u for u in oracle.values() if u.axes["n_labeled_anomalies"] == 0)
+    (row,) = execute_unit(unit, FakeReporter(tmp_path), context(tmp_path / "abl"))
+    assert row["status"] == "finished" and row["val_auroc"] is None and row["val_auroc_oracle"] is not None
+    assert "selection" not in json.loads(row["params_json"])
+
+
 def test_a_file_without_ablation_still_needs_a_non_empty_search() -> None:
     d = spec_dict()
     del d["ablation"]
@@ -269,7 +288,7 @@ def test_policy_tuned_needs_anomalies_in_every_validation_part() -> None:
     d["search"] = {"space": {"eta": {"distribution": "log_uniform", "low": 0.1, "high": 10}}}
     d["protocol"]["ratio_pollution"] = 0.0
     with pytest.raises(ConfigError, match=r"ablation.policy: tuned chooses on validation, but at normal_classes=\[0\], "
-                       r"n_labeled_anomalies=0, seed 0 the validation part has no anomalies"):  # fmt: skip
+                       r"n_labeled_anomalies=0, seed 0 the validation part has no labelled anomalies"):  # fmt: skip
         validate_ablation(spec_of(d))
     d = spec_dict()
     d["protocol"]["ratio_pollution"] = 0.0
@@ -362,7 +381,7 @@ def test_a_baseline_without_validation_anomalies_takes_its_first_candidate(tmp_p
     (row,) = execute_unit(unit, FakeReporter(tmp_path), context(tmp_path / "abl"))
     assert row["status"] == "finished" and row["val_auroc"] is None and 0.5 < row["test_auroc"] <= 1
     assert json.loads(row["params_json"]) == {"n_estimators": 100, "max_samples": "auto",
-                                              "selection": "first candidate (no anomalies in validation)"}  # fmt: skip
+                                              "selection": "first candidate (no anomalies to choose on in validation)"}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- policy tuned

@@ -354,8 +354,10 @@ def test_validate_grid_returns_every_cell(base: SweepSpec) -> None:
         (
             {"n_labeled_anomalies: 10, ratio_pollution: 0.05": "val_fraction: 0.01"},
             [
-                f"plan.yaml: protocol: seed {s}: the validation part has no anomalies, so val_auroc is undefined; "
-                "raise ratio_pollution, n_labeled_anomalies/ratio_known_outlier or val_fraction"
+                f"plan.yaml: protocol: seed {s}: the validation part has no labelled anomalies, so val_auroc "
+                "(labelled anomalies against the rest) is undefined; raise n_labeled_anomalies/ratio_known_outlier "
+                "or val_fraction (or, to compare with published protocols only, choose val_auroc_oracle: the true "
+                "labels, which no user has)"
                 for s in (0, 1)
             ],
         ),

@@ -167,3 +167,19 @@ def test_a_failed_group_commit_fails_its_senders_and_the_next_one_succeeds(
     assert by_key(t)["a"]["status"] == "running", "a failed commit was acknowledged"
     committer.submit(rows(["a"], "finished", 0.9))
     assert by_key(t)["a"]["status"] == "finished" and t.counts() == {"finished": 1}
+
+
+def test_a_table_of_an_earlier_schema_reads_and_gains_the_new_columns_when_written(any_storage: Storage) -> None:
+    # a sweep written before val_auroc_oracle / val_ap_oracle existed (the last columns of the schema)
+    old_schema = pa.schema([f for f in TRIAL_SCHEMA if not f.name.endswith("_oracle")])
+    assert len(old_schema) == len(TRIAL_SCHEMA) - 2
+    old = DeltaRows(any_storage.child("trials"), old_schema, key="trial_key", partition="status")
+    old.upsert(rows(["a"], "finished", 0.9).select(old_schema.names), stored={})
+    t = table_of(any_storage)
+    assert by_key(t)["a"]["val_auroc_oracle"] is None  # read with today's schema: the new column is null
+    t.upsert(rows(["b"], "finished", 0.8).set_column(TRIAL_SCHEMA.get_field_index("val_auroc_oracle"),
+                                                     TRIAL_SCHEMA.field("val_auroc_oracle"), pa.array([0.7])))  # fmt: skip
+    got = by_key(t)
+    assert (got["a"]["val_auroc"], got["a"]["val_auroc_oracle"]) == (0.9, None)
+    assert (got["b"]["val_auroc"], got["b"]["val_auroc_oracle"]) == (0.8, 0.7)
+    assert t.read().table.schema == TRIAL_SCHEMA

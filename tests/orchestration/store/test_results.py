@@ -78,6 +78,8 @@ def full_row(key: str = "k1", **over: Any) -> dict[str, Any]:
         "checkpoint": "/x/checkpoints/k1",
         "device": "cpu",
         "workers": 1,
+        "val_auroc_oracle": 0.93,
+        "val_ap_oracle": 0.83,
     }
     row.update(over)
     return row
