@@ -37,7 +37,27 @@ $(CHECKOV): $(LOCK)
 	$(VENV)/checkov/bin/python -m pip install -q checkov==$$(sed -n 's/^# checkov==\([^ ]*\).*/\1/p' $(LOCK))
 	touch $(CHECKOV)
 
+# Debian's Chromium and its driver, for the headless-browser test of report.html
+# (tests/orchestration/report/test_report_browser.py): installed from the system's packages when missing, as
+# root or with passwordless sudo; otherwise a message and no failure (the test then fails under CI=true and is
+# skipped elsewhere).
+CHROMIUM := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+BROWSER_PKGS := chromium chromium-driver
+
 setup: $(STAMP) $(CHECKOV)
+	@if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make setup: $(CHROMIUM) or $(CHROMEDRIVER) missing and no apt-get: install Chromium and its driver for the report's browser test"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(BROWSER_PKGS); } \
+	    || echo "make setup: apt-get install $(BROWSER_PKGS) failed (not fatal; the report's browser test needs them)"; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	  { sudo -n apt-get update -q && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(BROWSER_PKGS); } \
+	    || echo "make setup: sudo apt-get install $(BROWSER_PKGS) failed (not fatal; the report's browser test needs them)"; \
+	else \
+	  echo "make setup: $(CHROMIUM) missing and not root (no passwordless sudo): run 'sudo apt-get install $(BROWSER_PKGS)' for the report's browser test"; \
+	fi
 
 quickstart: setup
 	$(BIN)/deepsad sweep submit sweeps/quickstart.yaml

@@ -21,6 +21,7 @@ import typer
 from deepsad.errors import DeepSADError
 from orchestration.cli import data as data_commands
 from orchestration.cli import deploy as deploy_commands
+from orchestration.cli import replay as replay_commands
 from orchestration.cli import report as report_commands
 from orchestration.cli import sweep as sweep_commands
 from orchestration.cli import train as train_commands
@@ -38,6 +39,7 @@ app.add_typer(sweep_commands.results_app, name="results")
 train_commands.register(app)
 deploy_commands.register(app)
 report_commands.register(app)
+replay_commands.register(app)
 
 
 def _click_modules() -> list[Any]:

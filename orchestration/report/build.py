@@ -9,7 +9,8 @@ that stays inside [0, 1] (:func:`summarize`: Student t with n-1 degrees of freed
 back-transformed; undefined for n = 1).
 
 Everything here is pure (rows in, numbers out): :func:`used_rows`, :func:`choose_axis`, :func:`aggregate`,
-:func:`per_class`, :func:`provenance`; :func:`load_sweep` reads the rows and :func:`build_report` gathers a
+:func:`per_class`, :func:`provenance`, :func:`rank_blocks` and :func:`compare_methods` (the rank statistics of
+:mod:`orchestration.report.stats`); :func:`load_sweep` reads the rows and :func:`build_report` gathers a
 :class:`Report`. :mod:`orchestration.report.render` (which imports this module, never the other way round)
 writes it as Markdown, HTML, PNG figures and CSV/JSON tables: :func:`orchestration.report.render.write_report`.
 """
@@ -29,6 +30,7 @@ from scipy import special, stats
 
 from deepsad.errors import ConfigError, DeepSADError, StorageError
 from deepsad.jsonio import load_json_bounded
+from orchestration.report.stats import Block, Comparisons, compare_all
 from orchestration.store.results import TRIAL_SCHEMA, ResultStore
 
 #: ``--metric`` name → the result column (the paper reports test-set numbers).
@@ -351,6 +353,43 @@ def per_class(rows: Iterable[Mapping[str, Any]], ablation: Ablation, method: str
     return maps
 
 
+def rank_blocks(rows: Iterable[Mapping[str, Any]], ablation: Ablation) -> list[Block]:
+    """The blocks of the rank comparison of ``ablation`` (:mod:`orchestration.report.stats`): one per data
+    set × extra axes × row-axis value × normal class(es), each method's score its metric averaged over seeds
+    (over the used rows there, :func:`used_rows`). In display order."""
+    acc: dict[tuple[Any, ...], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in used_rows(rows):
+        v = _metric_value(r, ablation.metric)
+        if v is not None:
+            group = tuple(axis_value(r, a) for a in ablation.extra_axes)
+            key = (show(r.get("dataset")), group, axis_value(r, ablation.axis), axis_value(r, "normal_classes"))
+            acc[key][r["method"]].append(v)
+    names = (*ablation.extra_axes, ablation.axis)
+
+    def display(key: tuple[Any, ...]) -> tuple[Any, ...]:
+        dataset, group, value, classes = key
+        return dataset, [order_key(g) for g in group], order_key(value), order_key(classes)
+
+    return [
+        Block(
+            key,
+            dict(zip(names, (*key[1], key[2]), strict=True)),
+            {m: float(np.mean(vs)) for m, vs in acc[key].items()},
+        )
+        for key in sorted(acc, key=display)
+    ]
+
+
+def compare_methods(rows: Iterable[Mapping[str, Any]], ablation: Ablation) -> Comparisons:
+    """Average ranks, Friedman/Nemenyi and Holm-corrected Wilcoxon tests of ``ablation``'s methods over its
+    blocks (:func:`rank_blocks`), overall and per value of the row axis and of each extra axis."""
+    blocks = rank_blocks(rows, ablation)
+    axes = {
+        a: sorted({b.axes[a] for b in blocks}, key=order_key) for a in (ablation.axis, *ablation.extra_axes)
+    }
+    return compare_all(blocks, ablation.methods, metric=ablation.metric, axes=axes)
+
+
 # ------------------------------------------------------------------------------------------- provenance
 
 
@@ -432,6 +471,7 @@ class Report:
     tables: tuple[Ablation, ...]  # one per metric, ``metric`` first
     heatmaps: tuple[HeatMap, ...]
     provenance: Provenance
+    comparisons: tuple[Comparisons, ...] = ()  # one per table: ranks and significance tests of the methods
 
 
 @dataclass(frozen=True)
@@ -461,8 +501,9 @@ def load_sweep(name: str, storage: str | None) -> SweepRecord:
 
 
 def build_report(record: SweepRecord, *, metric: str = "auroc", axis: str | None = None) -> Report:
-    """Aggregate ``record`` for a report: a table per metric (``metric`` first), the per-class heat maps of
-    Deep SAD (else of the first method present) and the provenance.
+    """Aggregate ``record`` for a report: a table per metric (``metric`` first), the rank comparison of the
+    methods per metric (:func:`compare_methods`), the per-class heat maps of Deep SAD (else of the first method
+    present) and the provenance.
 
     Raises ConfigError on a bad ``metric``/``axis``; StorageError when no finished trial has the metric.
     """
@@ -480,4 +521,7 @@ def build_report(record: SweepRecord, *, metric: str = "auroc", axis: str | None
     prov = provenance(
         record.rows, sweep=record.name, location=record.location, spec_text=record.spec_text, metric=metric
     )
-    return Report(record.name, metric, tables, tuple(per_class(record.rows, tables[0], method)), prov)
+    comparisons = tuple(compare_methods(record.rows, ab) for ab in tables)
+    return Report(
+        record.name, metric, tables, tuple(per_class(record.rows, tables[0], method)), prov, comparisons
+    )

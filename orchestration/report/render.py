@@ -3,7 +3,8 @@ written into ``--out`` by :func:`write_report` (atomically, through :mod:`orches
 
 Numbers in the human-readable tables and figures are ×100 (as in the paper) with one decimal; the CSV and
 JSON tables keep the raw values. Figures are drawn on matplotlib's Agg canvas (no display, no global
-pyplot state), 120 dpi.
+pyplot state), 120 dpi (:mod:`orchestration.report.style`). The ranks and significance tests of the methods
+are rendered by :mod:`orchestration.report.stats_render`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from deepsad.errors import StorageError
+from orchestration.report import stats_render
 from orchestration.report.build import (
     METRIC_LABELS,
     METRICS,
@@ -36,12 +38,9 @@ from orchestration.report.build import (
     order_key,
     show,
 )
+from orchestration.report.style import method_color, new_figure, pct
 from orchestration.store.outputs import OutputDir
 
-DPI = 120
-#: Fixed colours per method, so a method looks the same in every figure.
-METHOD_COLORS = {"deepsad": "#1f77b4", "deepsvdd": "#ff7f0e", "isoforest": "#2ca02c", "ocsvm": "#7f7f7f"}
-_OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#d62728")
 NOT_RUN = "—"  # no finished run in that cell
 UNDEFINED = "–"  # a confidence interval with n = 1
 
@@ -66,10 +65,6 @@ pre { padding: .8em; overflow-x: auto; font-size: .85em; }
 
 
 # ------------------------------------------------------------------------------------------- cells
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.1f}"
 
 
 def _best(ab: Ablation, key: tuple[str, tuple[Any, ...], Any]) -> set[str]:
@@ -208,23 +203,9 @@ def _plain(v: Any) -> Any:
 # ------------------------------------------------------------------------------------------- figures
 
 
-def _color(method: str, methods: Sequence[str]) -> str:
-    others = [m for m in methods if m not in METHOD_COLORS]
-    return METHOD_COLORS.get(method) or _OTHER_COLORS[others.index(method) % len(_OTHER_COLORS)]
-
-
 def _panel_title(dataset: str, extra_axes: Sequence[str], group: Sequence[Any]) -> str:
     parts = [f"{axis_short(a)} = {show(g)}" for a, g in zip(extra_axes, group, strict=True)]
     return dataset + (f" ({', '.join(parts)})" if parts else "")
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def plot_curves(ab: Ablation, path: Path, *, title: str) -> None:
@@ -235,7 +216,7 @@ def plot_curves(ab: Ablation, path: Path, *, title: str) -> None:
     panels = ab.panels()
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig = _figure(8.0 if ncols == 1 else 5.2 * ncols, 5.0 if nrows == 1 else 4.2 * nrows + 0.6)
+    fig = new_figure(8.0 if ncols == 1 else 5.2 * ncols, 5.0 if nrows == 1 else 4.2 * nrows + 0.6)
     axs = fig.subplots(nrows, ncols, squeeze=False)
     for ax, (dataset, group) in zip(axs.flat, panels, strict=False):
         values = sorted(
@@ -249,7 +230,7 @@ def plot_curves(ab: Ablation, path: Path, *, title: str) -> None:
             y = np.array([100 * c.summary.mean for _, c in pts])
             lo = np.array([np.nan if c.summary.ci_low is None else 100 * c.summary.ci_low for _, c in pts])
             hi = np.array([np.nan if c.summary.ci_high is None else 100 * c.summary.ci_high for _, c in pts])
-            color = _color(m, ab.methods)
+            color = method_color(m, ab.methods)
             ax.fill_between(
                 x, lo, hi, where=~np.isnan(lo), color=color, alpha=0.15, linewidth=0, interpolate=False
             )
@@ -280,7 +261,7 @@ def plot_heatmaps(
     nrows = math.ceil(len(maps) / ncols)
     width = max(max(4.5, 0.8 * len(hm.values) + 2.2) for hm in maps)
     height = max(max(3.6, 0.42 * len(hm.classes) + 2.0) for hm in maps)
-    fig = _figure(min(14.0, max(8.0, width * ncols + 1.2)), height * nrows + 0.7)
+    fig = new_figure(min(14.0, max(8.0, width * ncols + 1.2)), height * nrows + 0.7)
     axs = fig.subplots(nrows, ncols, squeeze=False)
     finite = [100 * v for hm in maps for row in hm.mean for v in row if v is not None]
     vmin, vmax = (min(finite), max(finite)) if finite else (0.0, 100.0)
@@ -407,6 +388,8 @@ def render_markdown(report: Report, generated: str) -> str:
             f"[`tables/{METRICS[ab.metric]}.json`](tables/{METRICS[ab.metric]}.json).",
             "",
         ]
+    for i, (cs, ab) in enumerate(zip(report.comparisons, report.tables, strict=True)):
+        out += stats_render.section_markdown(cs, ab, with_legend=i == 0)
     out += ["## Figures", ""]
     for i, (rel, caption) in enumerate(_figures(report), 1):
         out += [f"![Figure {i}]({rel})", "", f"*Figure {i}. {caption}*", ""]
@@ -466,6 +449,8 @@ def render_html(report: Report, generated: str) -> str:
             f'<p class="note">Raw numbers: <a href="tables/{stem}.csv">{stem}.csv</a>, '
             f'<a href="tables/{stem}.json">{stem}.json</a>.</p>',
         ]
+    for i, (cs, ab) in enumerate(zip(report.comparisons, report.tables, strict=True)):
+        body += stats_render.section_html(cs, ab, with_legend=i == 0)
     body.append("<h2>Figures</h2>")
     for i, (rel, caption) in enumerate(_figures(report), 1):
         body.append(
@@ -474,7 +459,8 @@ def render_html(report: Report, generated: str) -> str:
         )
     body += _provenance_html(report.provenance)
     return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        # an empty icon: a browser would otherwise ask the server for /favicon.ico (a 404 in its console)
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">'
         f"<title>Ablation report: {_h(report.sweep)}</title><style>{CSS}</style></head>\n<body>\n"
         + "\n".join(body)
         + "\n</body></html>\n"
@@ -561,6 +547,8 @@ def render(report: Report, out: Path, *, shown: Path | None = None) -> list[Path
         stem = METRICS[ab.metric]
         files[f"tables/{stem}.csv"] = table_csv(ab)
         files[f"tables/{stem}.json"] = table_json(ab)
+    for cs, ab in zip(report.comparisons, report.tables, strict=True):
+        files.update(stats_render.tables(cs, ab))
     files["tables/provenance.json"] = _provenance_json(report.provenance)
     files["report.md"] = render_markdown(report, generated)
     files["report.html"] = render_html(report, generated)
@@ -590,6 +578,10 @@ def render(report: Report, out: Path, *, shown: Path | None = None) -> list[Path
                 extra_axes=ab.extra_axes,
             )
             written.append(out / figs[1][0])
+        for cs in report.comparisons:
+            for comparison, rel in stats_render.cd_figures(cs):
+                stats_render.plot_cd(comparison, out / rel, title=stats_render.figure_title(report.sweep, cs, comparison))
+                written.append(out / rel)
     except OSError as e:
         raise StorageError(f"--out {shown or out}: cannot write the report ({e.strerror or e})") from e
     return written

@@ -317,6 +317,9 @@ def test_report_command_end_to_end(storage: Path, tmp_path: Path, capsys: pytest
     md = (out / "report.md").read_text()
     assert "## Test AUROC" in md and "## Test AP" in md and "```yaml\n" + SPEC.rstrip() + "\n```" in md
     assert "### Failed cells (1)" in md and "x-failed" in md
+    # two methods, four blocks (2 normal classes × 2 γ_l): ranks, but no Friedman test and no Wilcoxon test
+    assert "### Test AUROC: all blocks" in md and "No Friedman test or CD diagram: 2 methods (needs ≥ 3)." in md
+    assert "- No Wilcoxon test of OC-SVM vs Deep SAD: 4 blocks with both (needs ≥ 6)." in md
 
     with open(out / "tables/test_auroc.csv", newline="") as fh:
         got = {(float(r["ratio_known_outlier"]), r["method"]): r for r in csv.DictReader(fh)}
