@@ -86,7 +86,14 @@ def submit(
         typer.echo(f"already finished: {len(prep.cells) - len(prep.pending)} of {len(prep.cells)} trials "
                    f"(they are skipped); to run: {len(prep.pending)}")
     res = shown.resources
-    if res.bundle_size != 1 and prep.spec.ablation is None and prep.pending:
+    if res.bundle_size != 1 and prep.spec.search.algorithm == "tpe" and prep.spec.ablation is None:
+        from orchestration.plan.bundles import configs_per_batch
+        from orchestration.plan.cells import amount
+
+        per, n_seeds = configs_per_batch(int(res.bundle_size), len(prep.spec.seeds)), len(prep.spec.seeds)
+        typer.echo(f"  TPE in bundles: {amount(per, 'configuration')} × {amount(n_seeds, 'seed')} per batch, asked of "
+                   f"the study at once (constant liar) and trained as bundles of up to {res.bundle_size}")
+    elif res.bundle_size != 1 and prep.spec.ablation is None and prep.pending:
         from orchestration.jobs.kinds import plan_jobs
 
         sizes = [len(j.keys) for j in plan_jobs(prep.pending, res.bundle_size, res.gpus_per_trial)]

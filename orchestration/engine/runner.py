@@ -124,7 +124,16 @@ def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list
         )
     search_alg: Any = None
     param_space: dict[str, Any]
-    if spec.search.algorithm == "tpe" and spec.ablation is None:
+    if batched_tpe(spec):
+        from orchestration.engine.batched import BatchedSearch
+        from orchestration.engine.search import study_storage
+
+        storage, done = study_storage(spec, prep.sweep_dir)
+        remaining = max((spec.search.num_trials or 0) - done, 0)
+        search_alg = BatchedSearch(spec, prep.sweep_dir, storage, remaining=remaining,
+                                   bundle_size=int(res.bundle_size), gpus_per_trial=float(res.gpus_per_trial))
+        num_samples, param_space = max(remaining * len(spec.seeds), 1), {}  # at most one Tune trial per training
+    elif spec.search.algorithm == "tpe" and spec.ablation is None:
         search_alg, num_samples = search_algorithm(
             spec, prep.sweep_dir, stopped_early=scheduler.stopped_early if scheduler is not None else None
         )
@@ -149,6 +158,13 @@ def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list
             verbose=0,
         ),
     )
+
+
+def batched_tpe(spec: SweepSpec) -> bool:
+    """A TPE sweep that searches in bundles (:mod:`orchestration.engine.batched`): ``bundle_size`` (as
+    resolved) above 1; ``bundle_size: 1`` keeps one configuration per Tune trial."""
+    return (spec.search.algorithm == "tpe" and spec.ablation is None and spec.resources.bundle_size != 1
+            and spec.resources.bundle_size != "auto")
 
 
 def pending_jobs(prep: Prepared) -> list[Job]:
@@ -261,6 +277,10 @@ def _run_on_ray(prep: Prepared, run_name: str, lease_s: float, progress: Callabl
     committer = start_committer(payload.rows_name, payload.storage_uri)
     _keep_credentials_out_of_runtime_envs()
     total = (spec.search.num_trials or 0) * len(spec.seeds) if not payload.jobs else len(payload.jobs)
+    if batched_tpe(spec):
+        from orchestration.engine.batched import most_bundles
+
+        total = most_bundles(spec)
     tuner = _tuner(prep, payload, run_name, [_store_callback(payload), ProgressPrinter(total=total)])
     try:
         with _graceful_ctrl_c() as caught:

@@ -145,6 +145,25 @@ def _working_copy(sweep_dir: Storage) -> Path:
     return Path(tempfile.gettempdir()) / "deepsad-studies" / digest / STUDY_FILE
 
 
+def sampler_seed(seed: int, n_asked: int) -> int:
+    """The TPE sampler's seed for a run that starts on a study already holding ``n_asked`` trials.
+
+    A new run makes a new sampler; with the file's seed alone, its first random draws would repeat the
+    first run's, so a resumed study asked again for configurations it already has (seen: a resume
+    whose next "new" configuration was the first one, skipped as finished, its budget lost). Derived
+    from the study's size, the seed stays reproducible: the same file and the same interruption ask
+    the same configurations. A study's first run uses the file's seed as it is."""
+    return seed if n_asked == 0 else (seed * 1_000_003 + n_asked) % 2**32
+
+
+def asked_so_far(spec: SweepSpec, storage: Any) -> int:
+    """How many trials the sweep's study holds (0 without one)."""
+    try:
+        return len(optuna.load_study(study_name=spec.name, storage=storage).get_trials(deepcopy=False))
+    except KeyError:
+        return 0
+
+
 def study_storage(spec: SweepSpec, sweep_dir: Storage) -> tuple[Any, int]:
     """The sweep's Optuna study storage (sqlite) and its finished configurations.
 
@@ -188,6 +207,7 @@ def search_algorithm(
     objective = spec.search.objective
     searcher = SweepOptunaSearch(
         space=optuna_space(spec), metric=objective.metric, mode=objective.mode, study_name=spec.name,
-        storage=storage, sampler=optuna.samplers.TPESampler(seed=spec.search.seed),
+        storage=storage, sampler=optuna.samplers.TPESampler(seed=sampler_seed(spec.search.seed,
+                                                                              asked_so_far(spec, storage))),
     )
     return SeedRepeater(searcher, repeat=len(spec.seeds), stopped_early=stopped_early), remaining * len(spec.seeds)

@@ -38,7 +38,8 @@ class SweepPayload:
     source: str
     base_dir: str  # where relative paths in the spec are resolved (the submitting command's cwd)
     # planned jobs (grid/random trials, bundles, ablation units): job id -> Job.to_dict(); a Tune
-    # trial's config names its job ({"job": id}). tpe: none (the searcher suggests each trial's params)
+    # trial's config names its job ({"job": id}). tpe: none (the searcher suggests each trial's params, or
+    # in bundles each job itself: {"job": id, "job_spec": Job.to_dict()})
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock_name: str = ""
     rows_name: str = ""  # the driver's committer (orchestration.engine.committer)
@@ -53,6 +54,8 @@ class SweepPayload:
         Raises:
             KeyError: a config of another run (no job of this payload).
         """
+        if "job_spec" in config:  # a bundle of a TPE batch (orchestration.engine.batched), planned while it runs
+            return job_from_dict(config["job_spec"])
         if "job" in config:
             return job_from_dict(self.jobs[config["job"]])
         spec = self.spec

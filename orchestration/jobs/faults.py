@@ -11,7 +11,8 @@ like a killed worker) or ``hang`` (it sleeps ``seconds``, default an hour: the t
 wants meanwhile); the driver's committer passes ``rows_commit`` before committing a finished row; ``once`` is a marker file: the rule fires only while it does not exist and
 creates it when it fires, so a retried trial passes. ``touch`` (optional) is a file written every time
 the point is passed (``trial_key at epoch pid node``, ``node`` being the Ray node id or ``-``) — tests
-wait on it instead of sleeping, and see where each epoch ran.
+wait on it instead of sleeping, and see where each epoch ran; with ``touch``, ``nth`` (optional) fires
+the rule only on the pass that writes the file's nth line (e.g. the second bundle a sweep starts).
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def _node_id() -> str:
         return "-"
 
 
+def _lines(path: str) -> int:
+    with open(path) as fh:
+        return sum(1 for _ in fh)
+
+
 def checkpoint(at: str, *, epoch: int | None = None, rank: int = 0, trial_key: str | None = None) -> None:
     """Fire the matching rules for this point (a no-op without ``DEEPSAD_FAULTS``)."""
     for rule in _rules():
@@ -60,6 +66,8 @@ def checkpoint(at: str, *, epoch: int | None = None, rank: int = 0, trial_key: s
         if rule.get("touch"):
             with open(rule["touch"], "a") as fh:
                 fh.write(f"{trial_key} {at} {epoch} {os.getpid()} {_node_id()}\n")
+            if rule.get("nth") is not None and _lines(rule["touch"]) != rule["nth"]:
+                continue  # only its nth pass (counted in the touch file) fires
         once = rule.get("once")
         if once:
             try:

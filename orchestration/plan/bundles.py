@@ -43,6 +43,12 @@ def keys_id(keys: list[str]) -> str:
     return f"b{len(keys)}-{digest[:12]}"
 
 
+def configs_per_batch(bundle_size: int, n_seeds: int) -> int:
+    """TPE in bundles: configurations per batch, as many as fill a bundle with all their seeds (at
+    least one; :mod:`orchestration.engine.batched`)."""
+    return max(1, bundle_size // max(n_seeds, 1))
+
+
 def _group_key(trial: TrialConfig) -> tuple[Any, ...]:
     from deepsad.bundle import bundle_key
 

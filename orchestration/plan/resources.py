@@ -9,16 +9,19 @@ sweep directory; ``--dry-run`` resolves against this machine (no Ray) and says s
 
 Rules (explicit numbers in the file are kept; only ``auto`` fields are sized, in this order):
 
-* **bundles** are possible for grid/random sweeps and ablation units of policy ``fixed`` without a
-  scheduler and with one worker per trial; otherwise ``bundle_size: auto`` is 1 with the reason
-  (TPE suggests one configuration at a time; ASHA stops trials one by one).
+* **bundles** are possible for grid/random sweeps, TPE (a batch of configurations per bundle:
+  :mod:`orchestration.engine.batched`) and ablation units of policy ``fixed``, without a scheduler and
+  with one worker per trial; otherwise ``bundle_size: auto`` is 1 with the reason (ASHA stops trials
+  one by one; a tuned unit runs its own study).
 * **gpus_per_trial**: 0 without a GPU (or with ``train.device: cpu``); 1 per bundle when bundling;
   else a share of a GPU, ``1/n`` for ``n`` = the CPUs per GPU (at most :data:`MAX_TRIALS_PER_GPU`, and
   no more than fit in the GPU's memory).
 * **bundle_size**: on a GPU as many members as fit in :data:`~orchestration.plan.bundles.GPU_MEMORY_FRACTION`
   of its memory (:func:`deepsad.sizing.member_bytes`, at most 512), and no more than spread the
   bundled trials over every GPU; on CPUs :data:`~orchestration.plan.bundles.CPU_AUTO` members (the loop
-  strategy: ~1.5× separate runs on 2 cores).
+  strategy: ~1.5× separate runs on 2 cores). TPE learns between batches, so its bundles hold at most
+  ``ceil(num_trials / (TPE_ROUNDS × slots))`` configurations (× the seeds): the study has at least
+  :data:`TPE_ROUNDS` rounds of batches.
 * **cpus_per_trial**: the CPUs per GPU slot on GPUs; on CPUs a bundle gets min(CPUs, K) (it runs
   its members on that many threads) and a single trial 1.
 * **max_concurrent_trials**: as many trials as the CPUs and GPUs hold.
@@ -50,6 +53,8 @@ from orchestration.spec.model import ResourcesSpec, SweepSpec
 
 #: Single trials sharing one GPU at most (each is a process with its own CUDA context).
 MAX_TRIALS_PER_GPU = 16
+#: ``bundle_size: auto`` for TPE: the study gets at least this many rounds of batches to learn from
+TPE_ROUNDS = 4
 #: What one process's CUDA context and allocator reserve besides its tensors (for GPU sharing).
 CUDA_CONTEXT_BYTES = 500_000_000
 #: GPU memory in GB by Ray's ``accelerator_type`` (ray.util.accelerators); unknown types: see
@@ -99,10 +104,13 @@ def why_no_bundles(spec: SweepSpec) -> str | None:
         return "data-parallel trials (workers_per_trial > 1) cannot be bundled"
     if spec.search.scheduler is not None:
         return "ASHA stops trials one by one; a bundle trains its members to the end together"
-    if spec.ablation is None and spec.search.algorithm == "tpe":
-        return "TPE suggests one configuration at a time; bundles pack trials planned up front"
     if spec.ablation is not None and spec.ablation.policy == "tuned":
         return "tuned ablation units each run their own study"
+    if spec.ablation is None and spec.search.algorithm == "tpe":
+        n, seeds = spec.search.num_trials or 0, len(spec.seeds)
+        if math.ceil(n / TPE_ROUNDS) * seeds <= 1:
+            return (f"TPE suggests one configuration at a time in a study this small ({amount(n, 'configuration')} "
+                    f"× 1 seed; batches need more than {TPE_ROUNDS} configurations or several seeds)")
     return None
 
 
@@ -135,6 +143,7 @@ class _Sizing:
     member_bytes: int | None
     n_bundled: int | None
     label: str
+    tpe: tuple[int, int] | None = None  # TPE: (num_trials, seeds)
 
 
 def _sizing(spec: SweepSpec, cluster: Mapping[str, float], gpu_memory_gb: float | None,
@@ -150,6 +159,8 @@ def _sizing(spec: SweepSpec, cluster: Mapping[str, float], gpu_memory_gb: float 
         member_bytes=member_bytes,
         n_bundled=n_bundled,
         label=label,
+        tpe=((spec.search.num_trials or 0), len(spec.seeds))
+        if spec.search.algorithm == "tpe" and spec.ablation is None else None,
     )
 
 
@@ -214,14 +225,14 @@ def _gpus_per_trial(r: ResourcesSpec, s: _Sizing) -> tuple[float, str | None]:
 
 def _bundle_size(r: ResourcesSpec, s: _Sizing, g: float, slots_gpu: int | None) -> tuple[int, str | None]:
     """1 where trials cannot be bundled; on a GPU what fits in its memory, spread over the GPU slots;
-    on CPUs :data:`CPU_AUTO`."""
+    on CPUs :data:`CPU_AUTO`; for TPE no more than leaves the study :data:`TPE_ROUNDS` rounds."""
     if r.bundle_size != "auto":
         return int(r.bundle_size), None
     if s.no_bundle is not None:
         return 1, s.no_bundle
     if g <= 0 or s.device == "cpu":
-        return CPU_AUTO, (f"{CPU_AUTO} members on CPU worker threads (about 1.5× the "
-                          "throughput of separate runs)")
+        return _tpe_cap(s, CPU_AUTO, f"{CPU_AUTO} members on CPU worker threads (about 1.5× the "
+                        "throughput of separate runs)", 1)
     per = s.member_bytes if s.member_bytes is not None else 0
     k = fit_in_gpu(per, s.memory, g) if per else MAX_BUNDLE
     why = (f"{k} members fit in {GPU_MEMORY_FRACTION:.0%} of {amount(min(g, 1.0), 'GPU')} ({s.memory_note}; "
@@ -232,7 +243,27 @@ def _bundle_size(r: ResourcesSpec, s: _Sizing, g: float, slots_gpu: int | None) 
         k = max(1, math.ceil(s.n_bundled / slots))
         why += (f"; {s.n_bundled} bundled trials over {amount(slots, 'GPU slot')}: at most {k} each"
                 if slots > 1 else f"; the sweep bundles {s.n_bundled} trials")
-    return k, why
+    return _tpe_cap(s, k, why, slots or 1)
+
+
+def _tpe_cap(s: _Sizing, k: int, why: str, slots: int) -> tuple[int, str]:
+    """TPE learns between batches: at most ``ceil(num_trials / (TPE_ROUNDS × slots))`` configurations
+    per bundle, with all their seeds."""
+    if s.tpe is None:
+        return k, why
+    n_trials, n_seeds = s.tpe
+    configs = max(1, math.ceil(n_trials / (TPE_ROUNDS * slots)))
+    if configs * n_seeds >= k:
+        return k, why
+    cap = configs * n_seeds
+    return cap, (f"{why}; TPE learns between batches: {amount(configs, 'configuration')} × "
+                 f"{amount(n_seeds, 'seed')} per bundle leaves {_rounds(n_trials, configs * slots)} "
+                 "rounds of batches")
+
+
+def _rounds(n_trials: int, per_round: int) -> int:
+    """How many rounds of ``per_round`` configurations a study of ``n_trials`` takes."""
+    return math.ceil(n_trials / max(per_round, 1))
 
 
 def _cpus_per_trial(r: ResourcesSpec, s: _Sizing, g: float, k: int,
@@ -299,6 +330,7 @@ def sizing_inputs(spec: SweepSpec, cells: Sequence[Any]) -> tuple[int | None, in
     if not cells:
         return None, None
     items = packable_units(list(cells)) if spec.ablation is not None else list(cells)
+    n_tpe = (spec.search.num_trials or 0) * len(spec.seeds) if spec.search.algorithm == "tpe" else None
     trials = [getattr(u, "trial", u) for u in items]
     if not trials:
         return None, 0
@@ -310,7 +342,7 @@ def sizing_inputs(spec: SweepSpec, cells: Sequence[Any]) -> tuple[int | None, in
         key = repr((t.train.net, t.train.sad.batch_size, ae))
         if key not in seen:
             seen[key] = member_bytes(t.train)
-    return max(seen.values()), len(trials)
+    return max(seen.values()), n_tpe if n_tpe is not None and spec.ablation is None else len(trials)
 
 
 def resolve_here(spec: SweepSpec, cells: Sequence[Any]) -> Resolution:

@@ -292,9 +292,6 @@ def _bundles(s: dict[str, Any]) -> Iterator[Problem]:
         return
     if size == "auto":
         return  # resolves to 1 where bundles cannot run (orchestration.plan.resources says why)
-    if search.algorithm == "tpe" and s.get("ablation") is None:
-        yield Problem("resources.bundle_size", "bundles pack trials planned up front: use search.algorithm grid "
-                      "or random (TPE suggests one configuration at a time)", size)  # fmt: skip
     if search.scheduler is not None:
         yield Problem("resources.bundle_size", "a bundle trains its members to the end together; remove "
                       "search.scheduler", size)  # fmt: skip

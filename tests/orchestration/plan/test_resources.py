@@ -158,3 +158,21 @@ def test_a_sweep_with_auto_resources_runs_on_the_local_ray_and_records_what_auto
     got = rows(tmp_path / "s", "autores")
     assert len(got) == 4 and {r["status"] for r in got} == {"finished"}
     assert {r["bundle_size"] for r in got} == {4}  # the sweep's 4 trials in one bundle (K = 8)
+
+
+def test_tpe_bundles_a_batch_of_configurations_and_leaves_the_study_rounds_to_learn() -> None:
+    tpe = {"search__algorithm": "tpe", "search__space": {"eta": {"distribution": "log_uniform", "low": 0.1,
+                                                                  "high": 10}}}  # fmt: skip
+    # 30 configurations × 3 seeds on one H200: memory would take 90, TPE_ROUNDS = 4 rounds leave 8 per batch
+    res = resolve(spec_of(**tpe, search__num_trials=30, seeds=[0, 1, 2]), H200, 141.0, member_bytes=MEMBER,
+                  n_bundled=90)  # fmt: skip
+    assert (res.resources.bundle_size, res.resources.gpus_per_trial) == (24, 1.0)
+    assert res.reasons["bundle_size"].endswith("TPE learns between batches: 8 configurations × 3 seeds per bundle "
+                                               "leaves 4 rounds of batches")  # fmt: skip
+    # on 4 GPUs the batches in flight together count as one round: 2 configurations per bundle
+    four = resolve(spec_of(**tpe, search__num_trials=30, seeds=[0, 1, 2]), CLUSTER, 80.0, member_bytes=MEMBER,
+                   n_bundled=90).resources  # fmt: skip
+    assert (four.bundle_size, four.max_concurrent_trials) == (6, 4)
+    # a laptop: 8 members on CPU threads, unless the study is small (12 configurations: 3 per batch)
+    assert resolve(spec_of(**tpe, search__num_trials=100), LAPTOP, None).resources.bundle_size == 8
+    assert resolve(spec_of(**tpe, search__num_trials=12), LAPTOP, None).resources.bundle_size == 3
