@@ -63,19 +63,24 @@ def pull(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an earlier pull in --to (never other files).")
     ] = False,
+    by: Annotated[
+        str, typer.Option("--by", help="Rank configurations by their mean over seeds, or by lcb: the lower "
+                          "bound of the mean's 95% t interval (fewer or noisier seeds rank lower).")
+    ] = "mean",
 ) -> None:
     """Download the model of the sweep's best configuration.
 
-    The configuration with the best mean validation metric over its seeds wins; --policy says which
-    seed's checkpoint is downloaded into --to, with selection.json saying why.
+    The configuration with the best mean validation metric over its seeds (or, --by lcb, the best lower
+    confidence bound) wins; one that would win by its best seed only is flagged lucky. --policy says
+    which seed's checkpoint is downloaded into --to, with selection.json saying why.
     """
     from orchestration.deploy.registry import format_ranking, sweep_dir
     from orchestration.deploy.registry import pull as pull_model
 
     result = pull_model(
-        sweep_dir(name, storage), to, metric=metric, policy=policy, force=force, min_seeds=min_seeds, top=top
+        sweep_dir(name, storage), to, metric=metric, policy=policy, force=force, min_seeds=min_seeds, top=top, by=by
     )
-    for line in format_ranking(result.ranked, metric, top=top):
+    for line in format_ranking(result.ranked, metric, top=top, by=by):
         typer.echo(line)
     if result.n_unranked:
         typer.echo(

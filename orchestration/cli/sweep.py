@@ -85,6 +85,13 @@ def submit(
     if prep.spec.search.algorithm != "tpe":
         typer.echo(f"already finished: {len(prep.cells) - len(prep.pending)} of {len(prep.cells)} trials "
                    f"(they are skipped); to run: {len(prep.pending)}")
+    racing = prep.spec.racing
+    if racing is not None:
+        seeds = prep.spec.seeds
+        first = ", ".join(str(s) for s in seeds[: racing.start])
+        typer.echo(f"  racing: every configuration starts on seeds [{first}] (of {len(seeds)}); the next seed goes "
+                   f"only to configurations whose {racing.confidence:.0%} interval of the mean overlaps the "
+                   "leader's, round by round, until it is settled")
     res = shown.resources
     if res.bundle_size != 1 and prep.spec.search.algorithm == "tpe" and prep.spec.ablation is None:
         from orchestration.plan.bundles import configs_per_batch
@@ -96,7 +103,9 @@ def submit(
     elif res.bundle_size != 1 and prep.spec.ablation is None and prep.pending:
         from orchestration.jobs.kinds import plan_jobs
 
-        sizes = [len(j.keys) for j in plan_jobs(prep.pending, res.bundle_size, res.gpus_per_trial)]
+        main_seeds = prep.spec.seeds[: prep.spec.racing.start] if prep.spec.racing else prep.spec.seeds
+        main = [c for c in prep.pending if getattr(c, "seed", None) in main_seeds]  # racing: the first seeds' trials
+        sizes = [len(j.keys) for j in plan_jobs(main, res.bundle_size, res.gpus_per_trial)] or [0]
         typer.echo(f"  bundles: {len(sizes)} (of {min(sizes)}–{max(sizes)} trials each) trained as one process each")
     typer.echo(f"sweep directory: {prep.sweep_dir.uri}")
     if dry_run:
@@ -299,8 +308,13 @@ def show(
     storage: StorageOpt = None,
     top: Annotated[int | None, typer.Option("--top", help="Only the best K trials.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    configs: Annotated[bool, typer.Option("--configs", help="Configurations (over their seeds) instead of "
+                                          "trials, as `checkpoint pull` ranks them.")] = False,
+    by: Annotated[str, typer.Option("--by", help="With --configs: rank by the mean over seeds, or by lcb (the "
+                                    "lower bound of its 95% t interval).")] = "mean",
 ) -> None:
-    """The sweep's trials from its result store, best validation objective first."""
+    """The sweep's trials from its result store, best validation objective first (--configs: its
+    configurations, by mean or lower confidence bound, a lucky winner flagged)."""
     from deepsad.errors import ConfigError
     from orchestration.engine.prepare import load_submitted
     from orchestration.report.tables import results_output
@@ -309,7 +323,49 @@ def show(
         raise ConfigError(f"--format: must be table, csv or json (got {fmt})")
     if top is not None and top < 1:
         raise ConfigError(f"--top: must be >= 1 (got {top})")
+    if configs:
+        _configs_output(load_submitted(name, storage, plan=False), top=top or 10, by=by, fmt=fmt)
+        return
+    if by != "mean":
+        raise ConfigError("--by: ranks configurations; add --configs")
     results_output(load_submitted(name, storage, plan=False), top=top, fmt=fmt)
+
+
+def _configs_output(prep: Any, *, top: int, by: str, fmt: str) -> None:
+    """The sweep's configurations ranked as `checkpoint pull` ranks them."""
+    import json
+
+    from orchestration.deploy.registry import check_ranking, format_ranking, lucky, rank_configurations
+    from orchestration.store.results import ResultStore
+
+    check_ranking(by)
+    metric = prep.spec.search.objective.metric
+    rows = ResultStore(prep.sweep_dir).trials().to_pylist()
+    ranked = rank_configurations(rows, metric, by=by)
+    n_fewer = len(rank_configurations(rows, metric, by=by, min_seeds=1)) - len(ranked)
+    if fmt != "table":
+        flagged = lucky(ranked)
+        doc = [{"rank": i + 1, "mean": c.mean, "std": c.std, "lower": c.lower() if c.n > 1 else None, "n": c.n,
+                "params": c.params, "best_seed": c.best.seed, "best_value": c.best.value,
+                "lucky": flagged is not None and flagged[0] == i} for i, c in enumerate(ranked[:top])]  # fmt: skip
+        if fmt == "json":
+            typer.echo(json.dumps(doc, indent=1))
+            return
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(doc[0]) if doc else ["rank"])
+        writer.writeheader()
+        for d in doc:
+            writer.writerow({**d, "params": json.dumps(d["params"])})
+        return
+    if not ranked:
+        typer.echo(f"{prep.spec.name}: no finished configuration yet")
+        return
+    for line in format_ranking(ranked, metric, top=top, chosen=-1, by=by):
+        typer.echo(line)
+    if n_fewer:
+        typer.echo(f"({n_fewer} configuration(s) with fewer finished seeds not ranked: a race left them behind, "
+                   "or their seeds failed)")
 
 
 @results_app.command("compact")

@@ -3,8 +3,12 @@
 A *configuration* is everything a trial ran with except its seed (the config columns of the result
 store and ``params_json``). Configurations are ranked by the mean of a validation metric over their
 finished seeds — never by one lucky trial, and never by a test metric (that would select on the test
-set). A policy then says which seed's checkpoint stands for the configuration: ``median`` (the lower
-median for an even count), ``best`` or ``mean-closest``.
+set) — or, with ``by="lcb"``, by the lower bound of the mean's t interval (a configuration measured
+on fewer or noisier seeds ranks lower; what a raced sweep, :mod:`orchestration.plan.racing`, wants).
+A configuration that holds the best single seed of all but does not rank first is flagged *lucky*
+(:func:`lucky`): it would win by one seed, not by its mean. A policy then says which seed's checkpoint
+stands for the configuration: ``median`` (the lower median for an even count), ``best`` or
+``mean-closest``.
 
 :func:`pull` downloads that checkpoint into a local directory safely: into a temporary sibling first,
 where every file is checked (regular files only, no key leaving the directory — on top of the
@@ -33,6 +37,9 @@ from orchestration.store.results import ResultStore, check_trial_key
 from orchestration.store.storage import Storage, safe_key
 
 POLICIES: tuple[str, ...] = ("median", "best", "mean-closest")
+#: What configurations are ranked by: the mean over seeds, or the lower bound of its t interval.
+RANKINGS: tuple[str, ...] = ("mean", "lcb")
+CONFIDENCE = 0.95
 SELECTION_FILE = "selection.json"
 #: What `checkpoint pull` writes into --to (and so what its --force may replace): the bundle and why.
 PULL_OWNS: tuple[str, ...] = ("meta.json", "tensors.safetensors", SELECTION_FILE)
@@ -87,6 +94,22 @@ class ConfigResult:
     def std(self) -> float | None:
         return statistics.stdev(s.value for s in self.seeds) if self.n > 1 else None
 
+    @property
+    def best(self) -> SeedResult:
+        """Its best seed (ties: the lower seed)."""
+        return min(self.seeds, key=lambda s: (-s.value, s.seed))
+
+    def lower(self, confidence: float = CONFIDENCE) -> float:
+        """The lower bound of the mean's t interval (-inf for a single seed: nothing bounds it)."""
+        from orchestration.plan.racing import interval
+
+        lo = interval([s.value for s in self.seeds], confidence)[1]
+        return lo if lo is not None else -math.inf
+
+    def score(self, by: str, confidence: float = CONFIDENCE) -> float:
+        """What it is ranked by: ``mean`` or ``lcb`` (:data:`RANKINGS`)."""
+        return self.mean if by == "mean" else self.lower(confidence)
+
     def pick(self, policy: str) -> SeedResult:
         """The seed that stands for this configuration under ``policy`` (ties: the lower seed).
 
@@ -119,10 +142,28 @@ def _config_of(row: Mapping[str, Any]) -> dict[str, Any]:
     return {**{c: row.get(c) for c in CONFIG_COLUMNS}, "params_json": row.get("params_json")}
 
 
+def check_ranking(by: str) -> str:
+    """``by`` if it is one of :data:`RANKINGS`; ConfigError (one line, naming ``--by``) otherwise."""
+    if by not in RANKINGS:
+        raise ConfigError(f"--by: must be one of {', '.join(RANKINGS)} (got {by!r})")
+    return by
+
+
+def lucky(ranked: Sequence[ConfigResult]) -> tuple[int, ConfigResult] | None:
+    """``(rank index, configuration)`` of the one holding the best single seed of all, if it is not
+    ranked first: it wins by its best seed, not by what it is ranked by."""
+    if len(ranked) < 2:
+        return None
+    i, top = max(enumerate(ranked), key=lambda ic: (ic[1].best.value, -ic[0]))
+    return (i, top) if i != 0 and top.best.value > ranked[0].best.value else None
+
+
 def rank_configurations(
-    rows: Sequence[Mapping[str, Any]], metric: str, *, min_seeds: int | None = None
+    rows: Sequence[Mapping[str, Any]], metric: str, *, min_seeds: int | None = None, by: str = "mean",
+    confidence: float = CONFIDENCE,
 ) -> list[ConfigResult]:
-    """Finished rows grouped by configuration, best mean first.
+    """Finished rows grouped by configuration, best first by ``by``: the mean over seeds, or the lower
+    bound of its ``confidence`` t interval (``lcb``).
 
     Rows that are not ``finished`` or lack a finite ``metric`` are ignored. Only configurations with at
     least ``min_seeds`` seeds are ranked; ``None`` means as many as the best-covered configuration has
@@ -133,6 +174,7 @@ def rank_configurations(
         ConfigError: a test or unknown metric, ``min_seeds < 1``.
     """
     check_metric(metric)
+    check_ranking(by)
     if min_seeds is not None and min_seeds < 1:
         raise ConfigError(f"--min-seeds: must be >= 1 (got {min_seeds})")
     groups: dict[str, tuple[dict[str, Any], dict[int, SeedResult]]] = {}
@@ -154,7 +196,7 @@ def rank_configurations(
         ranked.append((ident, ConfigResult(config, params, tuple(seeds[s] for s in sorted(seeds)))))
     need = min_seeds if min_seeds is not None else max((c.n for _, c in ranked), default=1)
     ranked = [(i, c) for i, c in ranked if c.n >= need]
-    ranked.sort(key=lambda ic: (-ic[1].mean, -ic[1].n, ic[1].std or 0.0, ic[0]))
+    ranked.sort(key=lambda ic: (-ic[1].score(by, confidence), -ic[1].mean, -ic[1].n, ic[1].std or 0.0, ic[0]))
     return [c for _, c in ranked]
 
 
@@ -173,17 +215,28 @@ def _params(text: Any, where: str) -> dict[str, Any]:
 
 
 def format_ranking(
-    ranked: Sequence[ConfigResult], metric: str, *, top: int = 5, chosen: int = 0
+    ranked: Sequence[ConfigResult], metric: str, *, top: int = 5, chosen: int = 0, by: str = "mean",
+    confidence: float = CONFIDENCE,
 ) -> list[str]:
-    """Lines of a table of the ``top`` configurations: rank, mean ± std, n, the searched values."""
-    lines = [f"{'':2}{'rank':>4}  {metric + ' mean ± std':<22} {'n':>3}  params"]
+    """Lines of a table of the ``top`` configurations — rank, mean ± std, the lower bound, n, the
+    searched values — saying what they are ranked by, and a line flagging a lucky one (:func:`lucky`)."""
+    what = "mean over seeds" if by == "mean" else f"lower bound of the {confidence:.0%} interval of the mean"
+    lines = [f"{'':2}{'rank':>4}  {metric + ' mean ± std':<22} {'lower':>7} {'n':>3}  params"]
     for i, c in enumerate(ranked[:top]):
         spread = f"± {c.std:.4f}" if c.std is not None else "± —"
+        low = f"{c.lower(confidence):.4f}" if c.n > 1 else "—"
         params = " ".join(f"{k}={_short(v)}" for k, v in sorted(c.params.items())) or "(no searched params)"
         mark = "→ " if i == chosen else "  "
-        lines.append(f"{mark}{i + 1:>4}  {c.mean:.4f} {spread:<15} {c.n:>3}  {params}")
+        lines.append(f"{mark}{i + 1:>4}  {c.mean:.4f} {spread:<15} {low:>7} {c.n:>3}  {params}")
     if len(ranked) > top:
         lines.append(f"  ({len(ranked) - top} more configurations)")
+    lines.append(f"ranked by {metric}: {what}")
+    flagged = lucky(ranked)
+    if flagged is not None:
+        i, c = flagged
+        lines.append(f"lucky: rank {i + 1} holds the best single seed (seed {c.best.seed}: {metric} {c.best.value:.4f}, "
+                     f"trial {c.best.trial_key}) but not the best {'mean' if by == 'mean' else 'lower bound'}: "
+                     "one seed would have picked it")  # fmt: skip
     return lines
 
 
@@ -220,6 +273,7 @@ def pull(
     force: bool = False,
     min_seeds: int | None = None,
     top: int = 5,
+    by: str = "mean",
 ) -> PullResult:
     """Choose the best configuration of the sweep at ``sweep`` and download one of its checkpoints.
 
@@ -240,7 +294,8 @@ def pull(
     )
     output.check()
     dest = output.path
-    rows, ranked = _ranked_rows(sweep, metric, min_seeds)
+    check_ranking(by)
+    rows, ranked = _ranked_rows(sweep, metric, min_seeds, by)
     chosen = ranked[0]
     picked = chosen.pick(policy)
     key = check_trial_key(picked.trial_key)
@@ -257,6 +312,11 @@ def pull(
         selection = _selection(
             sweep, row, chosen, picked, metric, policy, min_seeds, ranked[:top], model_meta
         )
+        flagged = lucky(ranked)
+        selection.update(ranked_by=by, confidence=CONFIDENCE if by == "lcb" else None,
+                         lucky=None if flagged is None else {"rank": flagged[0] + 1, "params": flagged[1].params,
+                                                             "seed": flagged[1].best.seed,
+                                                             "value": flagged[1].best.value})  # fmt: skip
         try:
             (tmp / SELECTION_FILE).write_text(
                 json.dumps(selection, indent=1, allow_nan=False) + "\n", encoding="utf-8"
@@ -268,7 +328,7 @@ def pull(
 
 
 def _ranked_rows(
-    sweep: Storage, metric: str, min_seeds: int | None
+    sweep: Storage, metric: str, min_seeds: int | None, by: str = "mean"
 ) -> tuple[list[dict[str, Any]], list[ConfigResult]]:
     """The sweep's trial rows and its configurations ranked on ``metric`` (:func:`rank_configurations`).
 
@@ -278,7 +338,7 @@ def _ranked_rows(
     rows = ResultStore(sweep).trials().to_pylist()
     if not rows:
         raise StorageError(f"sweep {sweep.uri}: no trial results (is the name or --storage right?)")
-    ranked = rank_configurations(rows, metric, min_seeds=min_seeds)
+    ranked = rank_configurations(rows, metric, min_seeds=min_seeds, by=by)
     if not ranked:
         n_finished = sum(1 for r in rows if r.get("status") == "finished")
         raise StorageError(
@@ -357,7 +417,8 @@ def _selection(
         "fingerprint": row.get("fingerprint"),
         "split": split_source(sweep, row, model_meta),
         "ranking": [
-            {"rank": i + 1, "mean": c.mean, "std": c.std, "n": c.n, "params": c.params}
+            {"rank": i + 1, "mean": c.mean, "std": c.std, "lower": c.lower() if c.n > 1 else None, "n": c.n,
+             "params": c.params}
             for i, c in enumerate(top)
         ],
         "pulled_at": datetime.now(UTC).isoformat(),

@@ -43,7 +43,7 @@ from orchestration.jobs.kinds import plan_jobs
 from orchestration.plan.preflight import check_resources
 from orchestration.plan.summary import make_plan
 from orchestration.spec.model import SweepSpec
-from orchestration.store.layout import PLAN_FILE, SPEC_FILE, STUDY_FILE, SUBMISSION_FILE
+from orchestration.store.layout import PLAN_FILE, RACING_FILE, SPEC_FILE, STUDY_FILE, SUBMISSION_FILE
 from orchestration.store.results import ResultStore, RowWriter
 from orchestration.store.storage import Storage
 
@@ -103,7 +103,8 @@ def _store_callback(payload: SweepPayload) -> Any:
 # --------------------------------------------------------------------------- submit / resume
 
 
-def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list[Any]) -> Any:
+def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list[Any], *,
+           planned: bool = False) -> Any:
     from ray import tune
 
     from orchestration.engine.search import RecordingASHA, search_algorithm
@@ -124,7 +125,9 @@ def _tuner(prep: Prepared, payload: SweepPayload, run_name: str, callbacks: list
         )
     search_alg: Any = None
     param_space: dict[str, Any]
-    if batched_tpe(spec):
+    if planned:  # a racing round: its planned jobs, whatever the search
+        num_samples, param_space = 1, {"job": tune.grid_search(list(payload.jobs))}
+    elif batched_tpe(spec):
         from orchestration.engine.batched import BatchedSearch
         from orchestration.engine.search import study_storage
 
@@ -175,12 +178,15 @@ def pending_jobs(prep: Prepared) -> list[Job]:
     return [j for j in plan_jobs(prep.cells, res.bundle_size, res.gpus_per_trial) if todo.intersection(j.keys)]
 
 
-def _payload(prep: Prepared) -> SweepPayload:
+def _payload(prep: Prepared, *, planned: bool = False) -> SweepPayload:
+    """What every trial receives. ``planned``: jobs planned from ``prep``'s cells whatever the search
+    (a racing round)."""
     spec = prep.spec
+    plans = planned or spec.search.algorithm != "tpe" or spec.ablation is not None
     return SweepPayload(
         name=spec.name, storage_uri=prep.sweep_dir.uri, spec_text=prep.spec_text,
         source=str(spec.source), base_dir=spec.base_dir,
-        jobs={j.id: j.to_dict() for j in pending_jobs(prep)} if spec.search.algorithm != "tpe" or spec.ablation else {},
+        jobs={j.id: j.to_dict() for j in pending_jobs(prep)} if plans else {},
         lock_name=f"ae-cache-lock:{prep.sweep_dir.uri}",
         rows_name=f"results:{prep.sweep_dir.uri}",
     )
@@ -205,12 +211,15 @@ def run_sweep(
     if not in_cluster:
         check_resources(prep.spec, cpus, gpus)  # again: a resumed sweep may land on a smaller machine
     _record_submission(prep)
+    full, prep = prep, racing_start(prep)  # racing: the main phase runs the first seeds only
     if resume:
         left = _resume_plan(prep, progress)
         if left is None:
-            return ResultStore(prep.sweep_dir).summary()
+            if not _race_left(full):
+                return ResultStore(prep.sweep_dir).summary()
+            left = []
         prep = replace(prep, pending=left)  # resume = a new run of what is left
-    elif _nothing_to_do(prep, progress):
+    elif not _race_left(full) and _nothing_to_do(prep, progress):
         return ResultStore(prep.sweep_dir).summary()
     spec = prep.spec
     plan = make_plan(spec, prep.cells if spec.search.algorithm != "tpe" else None,
@@ -222,7 +231,7 @@ def run_sweep(
     ray_ctx = (cluster_ray(prep.sweep_dir) if in_cluster
                else local_ray(cpus, gpus, trial_slots=slots, sweep_dir=prep.sweep_dir))
     with ray_ctx:
-        interrupted = _run_on_ray(prep, run_name, lease_s, progress, in_cluster=in_cluster)
+        interrupted = _run_on_ray(prep, full, run_name, lease_s, progress, in_cluster=in_cluster)
     summary = ResultStore(prep.sweep_dir).summary()
     if interrupted:
         raise KeyboardInterrupt
@@ -256,9 +265,11 @@ def _nothing_to_do(prep: Prepared, progress: Callable[[str], None]) -> bool:
     return False
 
 
-def _run_on_ray(prep: Prepared, run_name: str, lease_s: float, progress: Callable[[str], None], *,
+def _run_on_ray(prep: Prepared, full: Prepared, run_name: str, lease_s: float, progress: Callable[[str], None], *,
                 in_cluster: bool) -> bool:
-    """The Tune run, on the Ray this driver has started or joined; True if it was interrupted."""
+    """The Tune run, on the Ray this driver has started or joined, then (``racing``) the rounds of the
+    race, each a Tune run of planned jobs; True if it was interrupted. ``full``: the sweep with every
+    seed (``prep`` is its main phase)."""
     import ray
 
     from orchestration.engine.progress import ProgressPrinter
@@ -281,17 +292,92 @@ def _run_on_ray(prep: Prepared, run_name: str, lease_s: float, progress: Callabl
         from orchestration.engine.batched import most_bundles
 
         total = most_bundles(spec)
-    tuner = _tuner(prep, payload, run_name, [_store_callback(payload), ProgressPrinter(total=total)])
     try:
-        with _graceful_ctrl_c() as caught:
-            tuner.fit()
-        if not caught[0]:
-            finish(committer, progress)
-        return caught[0]
+        if _main_left(prep, payload):
+            tuner = _tuner(prep, payload, run_name, [_store_callback(payload), ProgressPrinter(total=total)])
+            with _graceful_ctrl_c() as caught:
+                tuner.fit()
+            if caught[0]:
+                return True
+        if spec.racing is not None and _race_rounds(full, spec, progress):
+            return True
+        finish(committer, progress)
+        return False
     except KeyboardInterrupt:
         return True
     finally:
         del lock, committer
+
+
+def _main_left(prep: Prepared, payload: SweepPayload) -> bool:
+    """Whether the main phase has work: planned jobs, or (tpe) configurations the study still needs."""
+    spec = prep.spec
+    if spec.search.algorithm != "tpe" or spec.ablation is not None:
+        return bool(payload.jobs)
+    from orchestration.engine.search import study_storage
+
+    return study_storage(spec, prep.sweep_dir)[1] < (spec.search.num_trials or 0)
+
+
+# --------------------------------------------------------------------------- racing
+
+def racing_start(prep: Prepared) -> Prepared:
+    """The main phase of a raced sweep: its cells and pending cells on the first ``racing.start`` seeds, and
+    a spec with those seeds (TPE asks for configurations on them); ``prep`` itself without ``racing``."""
+    racing = prep.spec.racing
+    if racing is None:
+        return prep
+    seeds = tuple(prep.spec.seeds[: racing.start])
+    return replace(prep, spec=prep.spec.model_copy(update={"seeds": seeds}),
+                   cells=[c for c in prep.cells if getattr(c, "seed", None) in seeds],
+                   pending=[c for c in prep.pending if getattr(c, "seed", None) in seeds])
+
+
+def _race(full: Prepared) -> Any:
+    """The race's next round, from the result rows (:func:`orchestration.plan.racing.race`)."""
+    from orchestration.plan.racing import race, standings
+
+    spec = full.spec
+    assert spec.racing is not None
+    metric = spec.search.objective.metric
+    rows = ResultStore(full.sweep_dir).read_trials(["trial_key", "status", "seed", "params_json", metric]).table
+    return race(standings(rows.to_pylist(), metric), spec.seeds, spec.racing.confidence, spec.racing.start)
+
+
+def _race_left(full: Prepared) -> bool:
+    """A raced sweep with trials still to race (the main phase may be done)."""
+    return full.spec.racing is not None and bool(_race(full).runs)
+
+
+def _race_rounds(full: Prepared, resolved: SweepSpec, progress: Callable[[str], None]) -> bool:
+    """Run the race's rounds until it ends (each round: the next seed of every configuration still in
+    contention, planned as jobs — bundles — and run as one Tune run); True if interrupted. Each
+    decision is printed and kept in ``racing.json``."""
+    from orchestration.engine.progress import ProgressPrinter
+    from orchestration.plan.cells import build_trial
+
+    metric, history = full.spec.search.objective.metric, []
+    spec = resolved.model_copy(update={"seeds": full.spec.seeds})  # the driver's resources, every seed
+    while True:
+        rnd = _race(full)
+        progress(rnd.line(metric))
+        history.append({"leader": rnd.leader, "leader_interval": rnd.leader_bounds, "contenders": rnd.contenders,
+                        "runs": [{"params": p, "seed": s} for p, s in rnd.runs], "settled": rnd.settled,
+                        "trainings": rnd.trainings, "every_seed": rnd.every_seed})  # fmt: skip
+        full.sweep_dir.write_bytes(json.dumps({"confidence": spec.racing.confidence if spec.racing else None,
+                                               "rounds": history}, indent=1).encode(), RACING_FILE)  # fmt: skip
+        if not rnd.runs:
+            return False
+        trials: list[Any] = [build_trial(spec, params, seed) for params, seed in rnd.runs]
+        round_prep = replace(full, spec=spec, cells=trials, pending=list(trials))
+        payload = _payload(round_prep, planned=True)
+        run_name = f"run-{len(_runs(full.sweep_dir)) + 1:03d}"
+        tuner = _tuner(round_prep, payload, run_name, [_store_callback(payload),
+                                                       ProgressPrinter(total=len(payload.jobs))], planned=True)
+        with _graceful_ctrl_c() as caught:
+            tuner.fit()
+        if caught[0]:
+            return True
 
 
 def _lock_table(name: str, lease_s: float) -> Any:

@@ -362,6 +362,19 @@ def _networks(s: dict[str, Any]) -> Iterator[Problem]:
                     break  # int_uniform: the first bad integer says it all
 
 
+@_check("racing", "seeds")
+def _racing(s: dict[str, Any]) -> Iterator[Problem]:
+    racing, seeds = s["racing"], s["seeds"]
+    if racing is None:
+        return
+    if s.get("ablation") is not None:
+        yield Problem("racing", "an ablation runs every seed of every cell (the report's intervals rest on them); "
+                      "remove racing")  # fmt: skip
+    elif racing.start >= len(seeds):
+        yield Problem("racing.start", f"must be below the number of seeds ({len(seeds)}): with every seed at the "
+                      "start there is nothing to race; add seeds", racing.start)  # fmt: skip
+
+
 @_check("ablation", "given")
 def _ablation(s: dict[str, Any]) -> Iterator[Problem]:
     ablation: AblationSpec | None = s["ablation"]

@@ -454,6 +454,15 @@ class AblationSpec(_Section):
         return v
 
 
+class RacingSpec(_Section):
+    """``racing``: seeds raced, not multiplied (:mod:`orchestration.plan.racing`). Every configuration
+    starts on the first ``start`` of ``seeds``; more go only to configurations whose ``confidence``
+    interval of the mean still overlaps the leader's."""
+
+    start: Int = Field(default=2, ge=2, le=MAX_ITEMS)
+    confidence: Float = Field(default=0.95, gt=0.5, lt=1)
+
+
 class SweepSpec(_Section):
     """A whole sweep file. Build it with :func:`orchestration.spec.load.load_spec` (or ``parse_spec``)."""
 
@@ -471,6 +480,7 @@ class SweepSpec(_Section):
     resources: ResourcesSpec = ResourcesSpec()
     storage: str | None = None
     ablation: AblationSpec | None = None
+    racing: RacingSpec | None = None
 
     _source: str = PrivateAttr(default="<sweep>")
     _base_dir: str | None = PrivateAttr(default=None)

@@ -25,6 +25,8 @@ SPEC_FILE = "spec.yaml"
 SUBMISSION_FILE = "submission.json"
 PLAN_FILE = "plan.json"
 STUDY_FILE = "optuna.db"
+#: A raced sweep's rounds: who led, who was in contention, what each round ran (orchestration.plan.racing)
+RACING_FILE = "racing.json"
 
 
 def sweep_location(name: str, storage: str | None) -> Storage:

@@ -22,6 +22,7 @@ from orchestration.deploy.registry import (
     SELECTION_FILE,
     SeedResult,
     format_ranking,
+    lucky,
     pull,
     rank_configurations,
 )
@@ -68,6 +69,32 @@ def test_mean_over_seeds_beats_a_single_lucky_seed() -> None:
     assert [s.seed for s in best.seeds] == [0, 1, 2]
     lines = format_ranking(ranked, "val_auroc")
     assert lines[1].startswith("→") and "0.8100 ± 0.0100" in lines[1] and "eta=1" in lines[1]
+
+
+def test_a_winner_by_its_best_seed_only_is_flagged_lucky() -> None:
+    ranked = rank_configurations(LUCKY + STEADY, "val_auroc")
+    assert lucky(ranked) == (1, ranked[1]) and ranked[1].best == SeedResult(0, "b0", 0.99)
+    lines = format_ranking(ranked, "val_auroc")
+    assert lines[-2] == "ranked by val_auroc: mean over seeds"
+    assert lines[-1].startswith("lucky: rank 2 holds the best single seed (seed 0: val_auroc 0.9900, trial b0)")
+    assert lucky(rank_configurations(STEADY, "val_auroc")) is None
+
+
+def test_the_lower_confidence_bound_ranks_a_noisy_or_thinly_seeded_configuration_lower() -> None:
+    # C: mean .83 over 2 seeds far apart; A (STEADY): mean .81 over 3 close seeds
+    noisy = [row("c0", 0, 0.90, eta=3.0), row("c1", 1, 0.76, eta=3.0)]
+    by_mean = rank_configurations(noisy + STEADY, "val_auroc", min_seeds=2)
+    by_lcb = rank_configurations(noisy + STEADY, "val_auroc", min_seeds=2, by="lcb")
+    assert [c.params["eta"] for c in by_mean] == [3.0, 1.0]
+    assert [c.params["eta"] for c in by_lcb] == [1.0, 3.0]
+    # A's bound by hand: .81 - t(0.975, 2) · 0.01 / √3
+    assert by_lcb[0].lower() == pytest.approx(0.81 - 4.302652729911275 * 0.01 / 3**0.5)
+    lines = format_ranking(by_lcb, "val_auroc", by="lcb")
+    assert lines[-2] == "ranked by val_auroc: lower bound of the 95% interval of the mean"
+    assert lines[-1].startswith("lucky: rank 2 holds the best single seed (seed 0: val_auroc 0.9000, trial c0) "
+                                "but not the best lower bound")
+    with pytest.raises(ConfigError, match=r"^--by: must be one of mean, lcb \(got 'median'\)$"):
+        rank_configurations(STEADY, "val_auroc", by="median")
 
 
 def test_policies_pick_a_seed_of_the_chosen_configuration() -> None:
