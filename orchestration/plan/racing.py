@@ -1,7 +1,7 @@
 """Seeds raced, not multiplied (``racing:`` in a sweep file).
 
 A configuration's worth is its mean over seeds, but running every configuration on every seed spends
-most of the budget on configurations that were never in contention. With ``racing: {start: 2,
+most of the budget on configurations that were never in contention. With ``racing: {start: 3,
 confidence: 0.95}`` every configuration first runs on the first ``start`` of the sweep's ``seeds``;
 then, round after round, the next seed goes only to the configurations whose confidence interval of
 the mean still overlaps the leader's (and to the leader, while any does), up to all of ``seeds``.

@@ -459,7 +459,7 @@ class RacingSpec(_Section):
     starts on the first ``start`` of ``seeds``; more go only to configurations whose ``confidence``
     interval of the mean still overlaps the leader's."""
 
-    start: Int = Field(default=2, ge=2, le=MAX_ITEMS)
+    start: Int = Field(default=3, ge=2, le=MAX_ITEMS)
     confidence: Float = Field(default=0.95, gt=0.5, lt=1)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,15 +11,13 @@ from types import ModuleType
 
 import pytest
 
+from tests.benchmarks.modules import load
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_bundle", REPO / "benchmarks" / "bench_bundle.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("bench_bundle")
 
 
 def test_the_paper_grid_has_450_distinct_runs() -> None:

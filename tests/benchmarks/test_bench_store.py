@@ -3,7 +3,6 @@ its dry run measures both layouts end to end, gets the same answers from both, a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,15 +14,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from tests.benchmarks.modules import load
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_store", REPO / "benchmarks" / "bench_store.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("bench_store")
 
 
 def test_commits_are_new_trials_and_the_previous_commits_running_ones_finished() -> None:

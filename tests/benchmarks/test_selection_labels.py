@@ -3,22 +3,19 @@ two runs of an ablation paired by cell."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
+from tests.benchmarks.modules import load
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("selection_labels", REPO / "benchmarks" / "selection_labels.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("selection_labels")
 
 
 def _row(key: str, seed: int, eta: float, known: float, oracle: float, test: float) -> dict[str, object]:
