@@ -25,7 +25,16 @@ def shared_data() -> Path:
     return path
 
 
+#: Tests that start a token-authenticated Ray cluster in this process: Ray reads RAY_AUTH_MODE once, at
+#: its first import, so they run before any test that imports Ray in its body (tests/orchestration/engine/
+#: test_batched.py does, and ran before them: "InvalidAuthToken", seen in CI).
+RAY_AUTH_FIRST = ("tests/orchestration/engine/test_cluster.py::",)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    first = [i for i in items if i.nodeid.startswith(RAY_AUTH_FIRST)]
+    if first:
+        items[:] = first + [i for i in items if not i.nodeid.startswith(RAY_AUTH_FIRST)]
     import torch
 
     if torch.cuda.is_available():
