@@ -58,7 +58,8 @@ MAINTAIN_EVERY = 200
 
 def tables(storage: Storage) -> tuple[DeltaRows, DeltaRows]:
     """The trial and epoch tables of the sweep directory ``storage``."""
-    return (DeltaRows(storage.child("results", "trials.delta"), TRIAL_SCHEMA, key="trial_key", partition="status"),
+    return (DeltaRows(storage.child("results", "trials.delta"), TRIAL_SCHEMA, key="trial_key", partition="status",
+                      clustered=True),
             DeltaRows(storage.child("results", "epochs.delta"), EPOCH_SCHEMA, key="trial_key"))
 
 
