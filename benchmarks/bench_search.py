@@ -88,6 +88,8 @@ def search_run(spec: dict[str, Any], storage: Path, workdir: Path) -> dict[str, 
 def compare_search(args: argparse.Namespace) -> dict[str, Any]:
     base = yaml.safe_load(Path(args.spec).read_text())
     out: dict[str, Any] = {"spec": args.spec, "num_trials": args.num_trials, "runs": {}}
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
     where = contextlib.nullcontext(tempfile.mkdtemp(dir=args.keep)) if args.keep else tempfile.TemporaryDirectory()
     with where as tmp:
         if args.keep:

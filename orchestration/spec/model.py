@@ -457,7 +457,7 @@ class AblationSpec(_Section):
 class RacingSpec(_Section):
     """``racing``: seeds raced, not multiplied (:mod:`orchestration.plan.racing`). Every configuration
     starts on the first ``start`` of ``seeds``; more go only to configurations whose ``confidence``
-    interval of the mean still overlaps the leader's."""
+    interval of their seed-by-seed difference to the leader still reaches 0."""
 
     start: Int = Field(default=3, ge=2, le=MAX_ITEMS)
     confidence: Float = Field(default=0.95, gt=0.5, lt=1)
