@@ -82,7 +82,7 @@ SPEC = REPO / "sweeps" / "quickstart.yaml"
 sys.path.insert(0, str(REPO))
 
 from orchestration.store.delta import DeltaRows, storage_options, table_uri  # noqa: E402
-from orchestration.store.results import TRIAL_SCHEMA, ResultStore  # noqa: E402
+from orchestration.store.results import TRIAL_SCHEMA, ResultStore, tables  # noqa: E402
 from orchestration.store.storage import Storage  # noqa: E402
 
 TOP5_COLUMNS = ["trial_key", "val_auroc", "status"]
@@ -306,7 +306,11 @@ def live_data_bytes(storage: Storage) -> tuple[int, int]:
 
 
 def write_delta(storage: Storage, n: int, batch: int, maintain_every: int, seed: int) -> dict[str, Any]:
-    table = DeltaRows(storage, TRIAL_SCHEMA, key="trial_key", partition="status")
+    # the table exactly as the result store defines it (clustered: maintain() Z-orders it by key)
+    table = DeltaRows(storage, TRIAL_SCHEMA, key="trial_key", partition="status", clustered=True)
+    reference = tables(Storage.from_uri("/nonexistent"))[0]
+    assert (table.schema, table.key, table.partition, table.clustered) == (
+        reference.schema, reference.key, reference.partition, reference.clustered), "bench_store.py: out of date"
     ledger: dict[str, str] = {}
     times: list[float] = []
     maint: list[dict[str, Any]] = []
@@ -716,11 +720,11 @@ def main() -> None:
     moto: Moto | None = None
     saved_env = dict(os.environ)
     try:
-        local_pf = sorted({min(n, args.per_file_max) for n in sizes})
+        local_pf = sorted({min(n, args.per_file_max) for n in sizes} - {0})  # 0: no per-file layout
         run_backend("local", work / "local", sizes, local_pf, args, result, save)
         if args.s3:
             s3_sizes = [n for n in sizes if n <= args.s3_max] or [args.s3_max]
-            s3_pf = sorted({min(n, args.s3_per_file_max) for n in s3_sizes})
+            s3_pf = sorted({min(n, args.s3_per_file_max) for n in s3_sizes} - {0})
             moto = Moto(work)
             for name in FOREIGN_ENV:
                 os.environ.pop(name, None)
