@@ -81,7 +81,7 @@ REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "sweeps" / "quickstart.yaml"
 sys.path.insert(0, str(REPO))
 
-from orchestration.store.delta import DeltaRows, storage_options, table_uri  # noqa: E402
+from orchestration.store.delta import storage_options, table_uri  # noqa: E402
 from orchestration.store.results import TRIAL_SCHEMA, ResultStore, tables  # noqa: E402
 from orchestration.store.storage import Storage  # noqa: E402
 
@@ -305,12 +305,9 @@ def live_data_bytes(storage: Storage) -> tuple[int, int]:
     return actions.num_rows, int(pc.sum(actions.column("size_bytes")).as_py() or 0)
 
 
-def write_delta(storage: Storage, n: int, batch: int, maintain_every: int, seed: int) -> dict[str, Any]:
-    # the table exactly as the result store defines it (clustered: maintain() Z-orders it by key)
-    table = DeltaRows(storage, TRIAL_SCHEMA, key="trial_key", partition="status", clustered=True)
-    reference = tables(Storage.from_uri("/nonexistent"))[0]
-    assert (table.schema, table.key, table.partition, table.clustered) == (
-        reference.schema, reference.key, reference.partition, reference.clustered), "bench_store.py: out of date"
+def write_delta(sweep: Storage, n: int, batch: int, maintain_every: int, seed: int) -> dict[str, Any]:
+    table = tables(sweep)[0]  # the sweep's trial table exactly as the result store defines it
+    storage = table.storage
     ledger: dict[str, str] = {}
     times: list[float] = []
     maint: list[dict[str, Any]] = []
@@ -646,7 +643,7 @@ def run_backend(backend: str, root: Any, sizes: list[int], per_file_sizes: list[
         sweep = storage("sweeps", f"delta-{n}")
         sweep.write_bytes(SPEC.read_text().replace("name: quickstart\n", f"name: delta-{n}\n", 1).encode(), "spec.yaml")
         where = sweep.child("results", "trials.delta")
-        write = write_delta(where, n, args.batch, args.maintain_every, args.seed)
+        write = write_delta(sweep, n, args.batch, args.maintain_every, args.seed)
         print(f"[{backend}] delta: {write['rows_per_s']:,} rows/s, {write['bytes_per_row_live']:.0f} B/row live; "
               f"reading {n:,} rows ({args.repeats}× each query, fresh processes)", flush=True)
         reads = read_all("delta", where.uri, args.repeats, n)

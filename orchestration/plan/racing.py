@@ -16,9 +16,10 @@ The rules, for an objective to maximise (:func:`race`):
   have finished (:func:`paired`), still reaches 0. Paired, because a seed fixes the split, the
   initialisation and the pretrained autoencoder of every configuration alike: much of the
   seed-to-seed spread is common to all of them (a hard seed is hard for every configuration) and
-  cancels in the difference, while two separate intervals each carry it (on an every-seed MNIST
-  sweep of 12 configurations × 6 seeds, overlap of separate intervals kept every configuration in
-  contention; see ``benchmarks/bench_search.py --race``). With fewer than two seeds in common the
+  cancels in the difference, while two separate intervals each carry it (a simulated race with a
+  shared seed effect: 49 trainings instead of 57, same winner, in ``tests/orchestration/plan/
+  test_racing.py``; replay a race on your own sweep with ``benchmarks/bench_search.py --race``). With
+  fewer than two seeds in common the
   separate intervals decide (an upper bound that reaches the leader's lower bound contends). A
   contender gets its next seed while it has one left; a configuration with fewer than two values gets seeds
   only until its first ``start`` are spent (one that keeps failing is out, it does not burn every
